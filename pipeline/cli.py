@@ -1,0 +1,246 @@
+"""Command line: one subcommand per stage, the same by hand, in a rule or on a node.
+
+Every stage takes ``--config FILE`` (a YAML config, e.g. config/config.yaml) and
+``--settings JSON`` (overrides; what the Snakemake rules pass, so a rule reruns
+only when the settings it uses change). Heavy imports happen inside each command
+so ``--help`` stays instant. Errors a user can act on (``PipelineError``) print
+one line naming the file and the problem and exit with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from pipeline.config import Config, load_config
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.progress import configure_logging
+
+log = logging.getLogger("pipeline")
+
+
+def _config(args: argparse.Namespace) -> Config:
+    overrides = None
+    if args.settings:
+        try:
+            overrides = json.loads(args.settings)
+        except json.JSONDecodeError as err:
+            raise ConfigError(None, f"--settings is not valid JSON: {err}") from err
+    return load_config(args.config, overrides)
+
+
+def _stores(tiles_dir: Path, slide_ids: Sequence[str]) -> dict[str, Path]:
+    return {slide_id: tiles_dir / f"{slide_id}.zarr" for slide_id in slide_ids}
+
+
+def _read_index(paths: Sequence[Path]):
+    import pandas as pd
+
+    frames = [pd.read_csv(p, dtype={"slide": str}) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --- stages -----------------------------------------------------------------------------
+
+
+def cmd_synth(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.synthetic import make_dataset
+
+    make_dataset(
+        args.out,
+        n_train=args.n_train,
+        n_test=args.n_test,
+        height=args.height,
+        width=args.width,
+        seed=args.seed,
+    )
+
+
+def cmd_sheet(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.sheet import write_slide_sheet
+
+    write_slide_sheet(args.data_dir, args.out, backend=config.slides.backend)
+
+
+def cmd_truth_check(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.sheet import check_truth
+
+    check_truth(args.data_dir, args.out, backend=config.slides.backend)
+
+
+def cmd_tissue(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.tissue import run_tissue
+
+    run_tissue(args.slide, args.mask_png, args.thumbnail_png, config)
+
+
+def cmd_tiles(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.dataset import polygons_path, read_encodings
+    from pipeline.tiles import run_tiles
+
+    rle = read_encodings(Path(args.data_dir) / "train.csv").get(args.id)
+    polygons = polygons_path(args.data_dir, args.id)
+    run_tiles(args.slide, args.id, rle, polygons, args.tissue, args.out_zarr, args.out_csv, config)
+
+
+def cmd_tile_index(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.atomic import atomic_path
+
+    index = _read_index(args.csvs)
+    with atomic_path(args.out) as tmp:
+        index.to_csv(tmp, index=False)
+    log.info("%d tiles from %d slides -> %s", len(index), len(args.csvs), args.out)
+
+
+def cmd_filter(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.filtering import run_filter
+
+    index = _read_index([args.index])
+    stores = _stores(args.tiles_dir, sorted(index["slide"].unique()))
+    run_filter(index, stores, args.scores, args.kept, args.work_dir, config)
+
+
+def cmd_train(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.train import run_train
+
+    index = _read_index([args.index])
+    stores = _stores(args.tiles_dir, sorted(index["slide"].unique()))
+    run_train(index, stores, args.fold, args.out_dir, config)
+
+
+def cmd_predict(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.predict import run_predict
+
+    run_predict(args.slide, args.checkpoints, args.tissue, args.out_zarr, config)
+
+
+def cmd_encode(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.dataset import truth_rle
+    from pipeline.predict import run_encode
+
+    truth = truth_rle(args.data_dir, args.id) if args.data_dir else None
+    run_encode(args.prob_zarr, args.slide, args.out_rle, args.out_geojson, args.out_png, truth, config)
+
+
+def cmd_submit(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.submission import write_submission
+
+    write_submission(args.data_dir, args.predictions_dir, args.out, config.submit)
+
+
+def cmd_evaluate(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.submission import evaluate_submission
+
+    evaluate_submission(args.data_dir, args.submission, args.out, backend=config.slides.backend)
+
+
+# --- argument parsing ---------------------------------------------------------------------
+
+
+def _stage(
+    sub: argparse._SubParsersAction,
+    name: str,
+    func: Callable[[argparse.Namespace, Config], None],
+    help_text: str,
+) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=help_text, description=help_text)
+    parser.add_argument("--config", type=Path, help="YAML config file (defaults apply for missing keys)")
+    parser.add_argument("--settings", help="JSON object of config overrides, e.g. '{\"train\": {\"epochs\": 5}}'")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.set_defaults(func=func)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m pipeline`` parser with one subcommand per stage."""
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
+
+    p = _stage(sub, "synth", cmd_synth, "write a synthetic data set in the Kaggle layout")
+    p.add_argument("--out", type=Path, required=True, help="data directory to create")
+    p.add_argument("--n-train", type=int, default=4)
+    p.add_argument("--n-test", type=int, default=2)
+    p.add_argument("--height", type=int, default=6144)
+    p.add_argument("--width", type=int, default=6144)
+    p.add_argument("--seed", type=int, default=0)
+
+    p = _stage(sub, "sheet", cmd_sheet, "list the slides of a data directory with their sizes and layouts")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="slides.csv")
+
+    p = _stage(sub, "truth-check", cmd_truth_check, "check train.csv masks against the polygons")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="CSV report")
+
+    p = _stage(sub, "tissue", cmd_tissue, "detect tissue at low resolution")
+    p.add_argument("--slide", type=Path, required=True)
+    p.add_argument("--mask-png", type=Path, required=True)
+    p.add_argument("--thumbnail-png", type=Path, required=True)
+
+    p = _stage(sub, "tiles", cmd_tiles, "extract training tiles of one slide into a Zarr store")
+    p.add_argument("--slide", type=Path, required=True)
+    p.add_argument("--id", required=True, help="slide id")
+    p.add_argument("--data-dir", type=Path, required=True, help="for train.csv and the polygons")
+    p.add_argument("--tissue", type=Path, required=True, help="tissue mask PNG")
+    p.add_argument("--out-zarr", type=Path, required=True)
+    p.add_argument("--out-csv", type=Path, required=True)
+
+    p = _stage(sub, "tile-index", cmd_tile_index, "concatenate per-slide tile indexes")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("csvs", type=Path, nargs="*")
+
+    p = _stage(sub, "filter", cmd_filter, "first pass: score every tile, drop the trivial ones")
+    p.add_argument("--index", type=Path, required=True, help="tiles/index.csv")
+    p.add_argument("--tiles-dir", type=Path, required=True, help="folder of {id}.zarr tile stores")
+    p.add_argument("--scores", type=Path, required=True)
+    p.add_argument("--kept", type=Path, required=True)
+    p.add_argument("--work-dir", type=Path, required=True, help="where the stage-1 model goes")
+
+    p = _stage(sub, "train", cmd_train, "train one fold on the kept tiles")
+    p.add_argument("--index", type=Path, required=True, help="filter/kept.csv")
+    p.add_argument("--tiles-dir", type=Path, required=True)
+    p.add_argument("--fold", type=int, required=True)
+    p.add_argument("--out-dir", type=Path, required=True)
+
+    p = _stage(sub, "predict", cmd_predict, "sliding-window consensus over one slide")
+    p.add_argument("--slide", type=Path, required=True)
+    p.add_argument("--tissue", type=Path, required=True)
+    p.add_argument("--out-zarr", type=Path, required=True)
+    p.add_argument("checkpoints", type=Path, nargs="+", help="model.pt files (an ensemble)")
+
+    p = _stage(sub, "encode", cmd_encode, "threshold, RLE-encode and outline one prediction")
+    p.add_argument("--prob-zarr", type=Path, required=True)
+    p.add_argument("--slide", type=Path, required=True)
+    p.add_argument("--id", required=True)
+    p.add_argument("--data-dir", type=Path, help="to draw the truth when it is known")
+    p.add_argument("--out-rle", type=Path, required=True)
+    p.add_argument("--out-geojson", type=Path, required=True)
+    p.add_argument("--out-png", type=Path, required=True)
+
+    p = _stage(sub, "submit", cmd_submit, "write the Kaggle submission.csv")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--predictions-dir", type=Path, required=True, help="folder of {id}.rle")
+    p.add_argument("--out", type=Path, required=True)
+
+    p = _stage(sub, "evaluate", cmd_evaluate, "Dice per slide straight from the RLE strings")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--submission", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="evaluation/dice.csv")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one stage; PipelineErrors become a one-line message and exit status 1."""
+    args = build_parser().parse_args(argv)
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        config = _config(args)
+        args.func(args, config)
+    except PipelineError as err:
+        print(f"{type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    return 0

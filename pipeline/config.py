@@ -1,0 +1,257 @@
+"""Typed view of the validated configuration.
+
+The dataclass defaults here are the package's defaults; ``workflow/schemas/
+config.schema.yaml`` repeats them for Snakemake's validation and a test checks
+that both agree. Stages receive a ``Config`` built by :func:`load_config` from a
+YAML file and/or a JSON dict of overrides (what the Snakemake rules pass).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class SlidesConfig:
+    """How slides are opened."""
+
+    backend: str = "tifffile"  # "tifffile" (tifffile -> Zarr -> Dask) or "rasterio"
+
+
+@dataclass(frozen=True)
+class TissueConfig:
+    """Low-resolution tissue detection (HSV saturation + Otsu)."""
+
+    downsample: int = 32  # target downsample of the tissue mask relative to level 0
+    saturation_threshold: float | None = None  # 0..1; None = Otsu on the saturation channel
+    min_saturation: float = 0.04  # Otsu result is never taken below this (blank glass)
+    max_value: float = 0.98  # pixels brighter than this (V channel) are never tissue
+    close_px: int = 2  # morphological closing radius at mask resolution
+
+
+@dataclass(frozen=True)
+class TilesConfig:
+    """Training tiles: windows of ``size`` px over tissue, resized to ``out_size``."""
+
+    size: int = 1536
+    stride: int = 1536
+    out_size: int = 512
+    min_tissue: float = 0.05  # minimum tissue fraction of a grid window
+    centre_on_glomeruli: bool = True  # extra windows centred on each annotated glomerulus
+    mask_threshold: float = 0.5  # area-averaged mask >= this -> 1
+    max_tiles_per_slide: int | None = None
+    scheduler: str = "threads"  # "threads", "synchronous" or a dask.distributed address
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """segmentation-models-pytorch architecture and timm/smp encoder."""
+
+    arch: str = "Unet"  # Unet | FPN | UnetPlusPlus
+    encoder: str = "efficientnet-b0"
+    encoder_weights: str | None = None  # None, or a local weights file
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel, 0..1 scale
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """albumentations pipeline; probabilities per transform family."""
+
+    flip: float = 0.5
+    rot90: float = 0.5
+    shift_scale_rotate: float = 0.3
+    color: float = 0.3  # HSV / brightness / contrast / gamma
+    noise: float = 0.1
+    blur: float = 0.1
+    clahe: float = 0.0
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training loop (per fold)."""
+
+    folds: int = 2  # folds grouped by slide
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    loss: dict[str, float] = field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})
+    pos_weight: float = 1.0  # positive-class weight for "weighted_bce"
+    focal_gamma: float = 2.0
+    patience: int = 5  # early stopping on validation Dice
+    seed: int = 42
+    num_workers: int = 0  # data-loader workers; 0 on small CPUs, more on GPU nodes
+    amp: bool = True  # mixed precision on CUDA (bf16 when supported, else fp16)
+    channels_last: bool = True  # on CUDA
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    max_tiles_per_epoch: int | None = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """The first ("pretrained") pass that drops trivial tiles before real training."""
+
+    enabled: bool = True
+    checkpoint: str | None = None  # reuse a model (e.g. last night's) instead of training one
+    epochs: int = 3  # of the quick stage-1 model
+    max_true_positive: float = 0.0  # a tile is trivial if its true positive fraction <= this
+    min_accuracy: float = 1.0  # ... and the stage-1 pixel accuracy >= this
+    threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Sliding-window consensus over a whole slide."""
+
+    window: int = 1536
+    overlap: float = 0.5
+    out_size: int = 512
+    blend: str = "gaussian"  # gaussian | constant
+    sigma: float = 0.125  # Gaussian sigma as a fraction of the window
+    batch_size: int = 8
+    tta: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"
+    threshold: float = 0.5
+    min_object_px: int = 0  # full-resolution objects smaller than this are removed
+    fill_holes: bool = False
+    tissue_only: bool = True
+    device: str = "auto"
+    prefetch: int = 2  # windows batches read ahead of the model
+    workers: int = 2  # threads reading (and area-resizing) windows ahead of the model
+    amp: bool = True  # mixed precision on CUDA (bf16 when supported, else fp16)
+    channels_last: bool = True  # on CUDA
+    upsample: str = "bilinear"  # low-res map -> full-res mask when encoding: bilinear | nearest
+
+
+@dataclass(frozen=True)
+class SubmitConfig:
+    """How the submission treats slides without a prediction."""
+
+    on_missing: str = "warn"  # warn | fail
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    data_dir: str = "data/demo"
+    results_dir: str = "results/demo"
+    slides: SlidesConfig = field(default_factory=SlidesConfig)
+    tissue: TissueConfig = field(default_factory=TissueConfig)
+    tiles: TilesConfig = field(default_factory=TilesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+    submit: SubmitConfig = field(default_factory=SubmitConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (tuples as lists), e.g. to store in a checkpoint."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    """Build ``tp`` from a plain YAML/JSON value, checking types on the way."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(None, f"{where}: expected a mapping, got {value!r}")
+        return _build(tp, value, where)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except ConfigError as err:
+                errors.append(err.problem)
+        raise ConfigError(None, errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(None, f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item = args[0]
+        return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(None, f"{where}: expected a mapping, got {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(None, f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(None, f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(None, f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(None, f"{where}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(None, f"{where}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(None, f"{where}: unknown key(s) {', '.join(unknown)}")
+    kwargs = {k: _convert(hints[k], v, f"{where}.{k}" if where else k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Typed, checked ``Config`` from a (possibly partial) plain dict."""
+    return _build(Config, data, "")
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Defaults <- YAML file at ``path`` <- ``overrides`` (nested dicts merge)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(path, f"cannot read config: {err}") from err
+        if not isinstance(loaded, dict):
+            raise ConfigError(path, "config must be a mapping")
+        data = loaded
+    if overrides:
+        data = _merge(data, overrides)
+    try:
+        return config_from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(path, err.problem) from None

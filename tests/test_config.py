@@ -1,0 +1,81 @@
+"""The typed config: defaults, strict checking, and agreement with the Snakemake schema."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from pipeline.config import Config, load_config
+from pipeline.errors import ConfigError
+from tests.conftest import REPO
+
+SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+
+
+def _schema_defaults(schema: dict) -> dict:
+    out = {}
+    for key, prop in schema.get("properties", {}).items():
+        if prop.get("type") == "object" and "properties" in prop:
+            out[key] = _schema_defaults(prop)
+        else:
+            out[key] = prop.get("default")
+    return out
+
+
+def test_schema_defaults_equal_dataclass_defaults() -> None:
+    assert _schema_defaults(SCHEMA) == Config().to_dict()
+
+
+def test_every_key_is_documented_in_schema_and_readme() -> None:
+    readme = (REPO / "config" / "README.md").read_text()
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            name = f"{prefix}{field.name}"
+            if dataclasses.is_dataclass(hints[field.name]):
+                walk(hints[field.name], f"{name}.")
+                continue
+            assert f"`{name}`" in readme, f"config/README.md does not document {name}"
+
+    walk(Config, "")
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "demo.yaml"])
+def test_shipped_configs_validate(name: str) -> None:
+    data = yaml.safe_load((REPO / "config" / name).read_text())
+    jsonschema.validate(data, SCHEMA)
+    load_config(REPO / "config" / name)
+
+
+def test_overrides_merge_into_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 7\n  batch_size: 4\n")
+    config = load_config(path, {"train": {"epochs": 2}, "predict": {"tta": ["hflip"]}})
+    assert (config.train.epochs, config.train.batch_size, config.predict.tta) == (2, 4, ("hflip",))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train": {"epoch": 3}}, "train: unknown key(s) epoch"),
+        ({"train": {"epochs": "many"}}, "train.epochs: expected an integer"),
+        ({"predict": {"overlap": True}}, "predict.overlap: expected a number"),
+        ({"tiles": 5}, "tiles: expected a mapping"),
+    ],
+)
+def test_bad_values_name_the_key(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(None, overrides)
+
+
+def test_bad_yaml_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="broken.yaml: cannot read config"):
+        load_config(path)

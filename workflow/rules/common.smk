@@ -1,0 +1,79 @@
+# Validation, slide discovery and input functions shared by every rule.
+
+import json
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from pipeline.dataset import (
+    SAMPLE_SUBMISSION_CSV,
+    TEST_TRUTH_CSV,
+    TRAIN_CSV,
+    discover_slides,
+    polygons_path,
+)
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+DATA = Path(config["data_dir"])
+RESULTS = Path(config["results_dir"])
+SLIDES = {slide.id: slide for slide in discover_slides(DATA)}
+TRAIN_IDS = sorted(i for i, s in SLIDES.items() if s.split == "train")
+TEST_IDS = sorted(i for i, s in SLIDES.items() if s.split == "test")
+FOLDS = list(range(config["train"]["folds"]))
+LOGS = RESULTS / "logs"
+BENCHMARKS = RESULTS / "benchmarks"
+
+
+wildcard_constraints:
+    id="[A-Za-z0-9_.-]+",
+    fold=r"\d+",
+
+
+def settings(*sections):
+    """The config sections a rule uses, as JSON: a rule reruns when (only) these change."""
+    return json.dumps({name: config[name] for name in sections}, sort_keys=True)
+
+
+def slide_path(wildcards):
+    return str(SLIDES[wildcards.id].path)
+
+
+def optional(path):
+    """[path] if the file exists, else []: optional inputs such as train.csv."""
+    return [str(path)] if Path(path).exists() else []
+
+
+def truth_inputs(wildcards):
+    """train.csv (if any) and the slide's polygons (if any): a tile store's truth."""
+    polygons = polygons_path(DATA, wildcards.id)
+    return optional(DATA / TRAIN_CSV) + ([str(polygons)] if polygons else [])
+
+
+def tile_stores(wildcards=None):
+    return [str(RESULTS / "tiles" / f"{i}.zarr") for i in TRAIN_IDS]
+
+
+def fold_models(wildcards=None):
+    return [str(RESULTS / "models" / f"fold{k}" / "model.pt") for k in FOLDS]
+
+
+def has_test_truth():
+    return (DATA / TEST_TRUTH_CSV).exists()
+
+
+def all_outputs():
+    """What `rule all` asks for: every stage's final products that the data allow."""
+    outputs = [RESULTS / "slides.csv"]
+    if TRAIN_IDS:
+        outputs += [RESULTS / "truth" / "check.csv", RESULTS / "filter" / "kept.csv"]
+        outputs += fold_models()
+        outputs += [RESULTS / "models" / f"fold{k}" / "curves.png" for k in FOLDS]
+    if TRAIN_IDS and TEST_IDS:
+        outputs += [RESULTS / "predictions" / f"{i}.png" for i in TEST_IDS]
+        outputs += [RESULTS / "predictions" / f"{i}.geojson" for i in TEST_IDS]
+        outputs.append(RESULTS / "submission.csv")
+        if has_test_truth():
+            outputs.append(RESULTS / "evaluation" / "dice.csv")
+    return [str(p) for p in outputs]

@@ -1,0 +1,47 @@
+# The slide sheet and the ground-truth check.
+
+
+rule slide_sheet:
+    input:
+        [str(s.path) for s in SLIDES.values()],
+    output:
+        RESULTS / "slides.csv",
+    params:
+        data_dir=DATA,
+        settings=settings("slides"),
+    log:
+        LOGS / "slide_sheet" / "slide_sheet.log",
+    benchmark:
+        BENCHMARKS / "slide_sheet" / "slide_sheet.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python -m pipeline sheet --data-dir {params.data_dir} --out {output}"
+        " --settings {params.settings:q} 2> {log}"
+
+
+rule truth_check:
+    input:
+        slides=[str(SLIDES[i].path) for i in TRAIN_IDS],
+        truth=optional(DATA / TRAIN_CSV)
+        + [str(p) for i in TRAIN_IDS if (p := polygons_path(DATA, i))],
+    output:
+        report(
+            RESULTS / "truth" / "check.csv",
+            category="Data",
+            caption="../report/truth_check.rst",
+        ),
+    params:
+        data_dir=DATA,
+        settings=settings("slides"),
+    log:
+        LOGS / "truth_check" / "truth_check.log",
+    benchmark:
+        BENCHMARKS / "truth_check" / "truth_check.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    shell:
+        "python -m pipeline truth-check --data-dir {params.data_dir} --out {output}"
+        " --settings {params.settings:q} 2> {log}"

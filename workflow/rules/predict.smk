@@ -1,0 +1,54 @@
+# Whole-slide prediction (sliding-window consensus) and its encoding, per test slide.
+
+
+rule predict:
+    input:
+        slide=slide_path,
+        tissue=RESULTS / "tissue" / "{id}.png",
+        models=fold_models,
+    output:
+        directory(RESULTS / "predictions" / "{id}.zarr"),
+    params:
+        settings=settings("slides", "predict"),
+    log:
+        LOGS / "predict" / "{id}.log",
+    benchmark:
+        BENCHMARKS / "predict" / "{id}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=6000,
+        runtime=120,
+        gpu=1,
+    shell:
+        "python -m pipeline predict --slide {input.slide} --tissue {input.tissue}"
+        " --out-zarr {output} --settings {params.settings:q} {input.models} 2> {log}"
+
+
+rule encode:
+    input:
+        prob=RESULTS / "predictions" / "{id}.zarr",
+        slide=slide_path,
+        truth=lambda wc: optional(DATA / TEST_TRUTH_CSV),
+    output:
+        rle=RESULTS / "predictions" / "{id}.rle",
+        geojson=RESULTS / "predictions" / "{id}.geojson",
+        png=report(
+            RESULTS / "predictions" / "{id}.png",
+            category="Predictions",
+            caption="../report/overlay.rst",
+        ),
+    params:
+        data_dir=DATA,
+        settings=settings("slides", "predict"),
+    log:
+        LOGS / "encode" / "{id}.log",
+    benchmark:
+        BENCHMARKS / "encode" / "{id}.tsv"
+    resources:
+        mem_mb=3000,
+        runtime=30,
+    shell:
+        "python -m pipeline encode --prob-zarr {input.prob} --slide {input.slide}"
+        " --id {wildcards.id} --data-dir {params.data_dir}"
+        " --out-rle {output.rle} --out-geojson {output.geojson} --out-png {output.png}"
+        " --settings {params.settings:q} 2> {log}"

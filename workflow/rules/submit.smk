@@ -1,0 +1,50 @@
+# The Kaggle submission and its evaluation against known truth.
+
+
+rule submit:
+    input:
+        rles=[str(RESULTS / "predictions" / f"{i}.rle") for i in TEST_IDS],
+        sample=optional(DATA / SAMPLE_SUBMISSION_CSV),
+    output:
+        RESULTS / "submission.csv",
+    params:
+        data_dir=DATA,
+        predictions_dir=RESULTS / "predictions",
+        settings=settings("submit"),
+    log:
+        LOGS / "submit" / "submit.log",
+    benchmark:
+        BENCHMARKS / "submit" / "submit.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m pipeline submit --data-dir {params.data_dir}"
+        " --predictions-dir {params.predictions_dir} --out {output}"
+        " --settings {params.settings:q} 2> {log}"
+
+
+rule evaluate:
+    input:
+        submission=RESULTS / "submission.csv",
+        truth=optional(DATA / TEST_TRUTH_CSV),
+    output:
+        report(
+            RESULTS / "evaluation" / "dice.csv",
+            category="Evaluation",
+            caption="../report/dice.rst",
+        ),
+    params:
+        data_dir=DATA,
+        settings=settings("slides"),
+    log:
+        LOGS / "evaluate" / "evaluate.log",
+    benchmark:
+        BENCHMARKS / "evaluate" / "evaluate.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m pipeline evaluate --data-dir {params.data_dir}"
+        " --submission {input.submission} --out {output}"
+        " --settings {params.settings:q} 2> {log}"

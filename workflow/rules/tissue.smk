@@ -1,0 +1,22 @@
+# Tissue detection at low resolution, per slide.
+
+
+rule tissue:
+    input:
+        slide_path,
+    output:
+        mask=RESULTS / "tissue" / "{id}.png",
+        thumbnail=RESULTS / "tissue" / "{id}.thumb.png",
+    params:
+        settings=settings("slides", "tissue"),
+    log:
+        LOGS / "tissue" / "{id}.log",
+    benchmark:
+        BENCHMARKS / "tissue" / "{id}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    shell:
+        "python -m pipeline tissue --slide {input} --mask-png {output.mask}"
+        " --thumbnail-png {output.thumbnail} --settings {params.settings:q} 2> {log}"

@@ -1,0 +1,33 @@
+# Training, one job per fold (folds grouped by slide).
+
+
+rule train:
+    input:
+        index=RESULTS / "filter" / "kept.csv",
+        stores=tile_stores,
+    output:
+        model=RESULTS / "models" / "fold{fold}" / "model.pt",
+        metrics=RESULTS / "models" / "fold{fold}" / "metrics.csv",
+        curves=report(
+            RESULTS / "models" / "fold{fold}" / "curves.png",
+            category="Training",
+            subcategory="fold {fold}",
+            caption="../report/curves.rst",
+        ),
+    params:
+        tiles_dir=RESULTS / "tiles",
+        out_dir=lambda wc: RESULTS / "models" / f"fold{wc.fold}",
+        settings=settings("model", "train"),
+    log:
+        LOGS / "train" / "fold{fold}.log",
+    benchmark:
+        BENCHMARKS / "train" / "fold{fold}.tsv"
+    threads: workflow.cores
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        gpu=1,
+    shell:
+        "python -m pipeline train --index {input.index} --tiles-dir {params.tiles_dir}"
+        " --fold {wildcards.fold} --out-dir {params.out_dir}"
+        " --settings {params.settings:q} 2> {log}"
