@@ -13,7 +13,6 @@ from pipeline.dataset import (
     polygons_path,
 )
 
-
 validate(config, schema="../schemas/config.schema.yaml")
 
 DATA = Path(config["data_dir"])
@@ -77,3 +76,23 @@ def all_outputs():
         if has_test_truth():
             outputs.append(RESULTS / "evaluation" / "dice.csv")
     return [str(p) for p in outputs]
+
+
+def write_partial_submission():
+    """After a failed run: a submission of the slides that succeeded, naming the missing ones.
+
+    The failed jobs keep Snakemake's exit status non-zero and their errors stay in their logs;
+    ``submit.on_missing: fail`` skips this.
+    """
+    if not TEST_IDS or config["submit"]["on_missing"] != "warn":
+        return
+    predictions = RESULTS / "predictions"
+    if not any((predictions / f"{i}.rle").exists() for i in TEST_IDS):
+        return
+    log = LOGS / "submit" / "partial_submission.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    shell(
+        "python -m pipeline submit --data-dir {DATA} --predictions-dir {predictions}"
+        " --out {RESULTS}/submission.csv --settings {submit_settings:q} 2> {log}; cat {log} >&2",
+        submit_settings=settings("submit"),
+    )

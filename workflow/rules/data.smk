@@ -6,9 +6,6 @@ rule slide_sheet:
         [str(s.path) for s in SLIDES.values()],
     output:
         RESULTS / "slides.csv",
-    params:
-        data_dir=DATA,
-        settings=settings("slides"),
     log:
         LOGS / "slide_sheet" / "slide_sheet.log",
     benchmark:
@@ -16,6 +13,9 @@ rule slide_sheet:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        data_dir=DATA,
+        settings=settings("slides"),
     shell:
         "python -m pipeline sheet --data-dir {params.data_dir} --out {output}"
         " --settings {params.settings:q} 2> {log}"
@@ -32,9 +32,6 @@ rule truth_check:
             category="Data",
             caption="../report/truth_check.rst",
         ),
-    params:
-        data_dir=DATA,
-        settings=settings("slides"),
     log:
         LOGS / "truth_check" / "truth_check.log",
     benchmark:
@@ -42,6 +39,9 @@ rule truth_check:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        data_dir=DATA,
+        settings=settings("slides"),
     shell:
         "python -m pipeline truth-check --data-dir {params.data_dir} --out {output}"
         " --settings {params.settings:q} 2> {log}"

@@ -8,10 +8,6 @@ rule filter:
     output:
         scores=RESULTS / "filter" / "scores.csv",
         kept=RESULTS / "filter" / "kept.csv",
-    params:
-        tiles_dir=RESULTS / "tiles",
-        work_dir=RESULTS / "filter" / "stage1",
-        settings=settings("model", "train", "filter"),
     log:
         LOGS / "filter" / "filter.log",
     benchmark:
@@ -21,6 +17,10 @@ rule filter:
         mem_mb=8000,
         runtime=240,
         gpu=1,
+    params:
+        tiles_dir=RESULTS / "tiles",
+        work_dir=RESULTS / "filter" / "stage1",
+        settings=settings("model", "train", "filter"),
     shell:
         "python -m pipeline filter --index {input.index} --tiles-dir {params.tiles_dir}"
         " --scores {output.scores} --kept {output.kept} --work-dir {params.work_dir}"

@@ -8,8 +8,6 @@ rule predict:
         models=fold_models,
     output:
         directory(RESULTS / "predictions" / "{id}.zarr"),
-    params:
-        settings=settings("slides", "predict"),
     log:
         LOGS / "predict" / "{id}.log",
     benchmark:
@@ -19,6 +17,8 @@ rule predict:
         mem_mb=6000,
         runtime=120,
         gpu=1,
+    params:
+        settings=settings("slides", "predict"),
     shell:
         "python -m pipeline predict --slide {input.slide} --tissue {input.tissue}"
         " --out-zarr {output} --settings {params.settings:q} {input.models} 2> {log}"
@@ -28,7 +28,6 @@ rule encode:
     input:
         prob=RESULTS / "predictions" / "{id}.zarr",
         slide=slide_path,
-        truth=lambda wc: optional(DATA / TEST_TRUTH_CSV),
     output:
         rle=RESULTS / "predictions" / "{id}.rle",
         geojson=RESULTS / "predictions" / "{id}.geojson",
@@ -37,9 +36,6 @@ rule encode:
             category="Predictions",
             caption="../report/overlay.rst",
         ),
-    params:
-        data_dir=DATA,
-        settings=settings("slides", "predict"),
     log:
         LOGS / "encode" / "{id}.log",
     benchmark:
@@ -47,6 +43,9 @@ rule encode:
     resources:
         mem_mb=3000,
         runtime=30,
+    params:
+        data_dir=DATA,
+        settings=settings("slides", "predict"),
     shell:
         "python -m pipeline encode --prob-zarr {input.prob} --slide {input.slide}"
         " --id {wildcards.id} --data-dir {params.data_dir}"

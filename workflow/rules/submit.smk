@@ -7,10 +7,6 @@ rule submit:
         sample=optional(DATA / SAMPLE_SUBMISSION_CSV),
     output:
         RESULTS / "submission.csv",
-    params:
-        data_dir=DATA,
-        predictions_dir=RESULTS / "predictions",
-        settings=settings("submit"),
     log:
         LOGS / "submit" / "submit.log",
     benchmark:
@@ -18,6 +14,10 @@ rule submit:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        data_dir=DATA,
+        predictions_dir=RESULTS / "predictions",
+        settings=settings("submit"),
     shell:
         "python -m pipeline submit --data-dir {params.data_dir}"
         " --predictions-dir {params.predictions_dir} --out {output}"
@@ -34,9 +34,6 @@ rule evaluate:
             category="Evaluation",
             caption="../report/dice.rst",
         ),
-    params:
-        data_dir=DATA,
-        settings=settings("slides"),
     log:
         LOGS / "evaluate" / "evaluate.log",
     benchmark:
@@ -44,6 +41,9 @@ rule evaluate:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        data_dir=DATA,
+        settings=settings("slides"),
     shell:
         "python -m pipeline evaluate --data-dir {params.data_dir}"
         " --submission {input.submission} --out {output}"

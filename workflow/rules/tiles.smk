@@ -9,9 +9,6 @@ rule tiles:
     output:
         store=directory(RESULTS / "tiles" / "{id}.zarr"),
         index=RESULTS / "tiles" / "{id}.csv",
-    params:
-        data_dir=DATA,
-        settings=settings("slides", "tiles"),
     log:
         LOGS / "tiles" / "{id}.log",
     benchmark:
@@ -20,6 +17,9 @@ rule tiles:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        data_dir=DATA,
+        settings=settings("slides", "tiles"),
     shell:
         "python -m pipeline tiles --slide {input.slide} --id {wildcards.id}"
         " --data-dir {params.data_dir} --tissue {input.tissue}"

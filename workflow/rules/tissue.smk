@@ -7,8 +7,6 @@ rule tissue:
     output:
         mask=RESULTS / "tissue" / "{id}.png",
         thumbnail=RESULTS / "tissue" / "{id}.thumb.png",
-    params:
-        settings=settings("slides", "tissue"),
     log:
         LOGS / "tissue" / "{id}.log",
     benchmark:
@@ -17,6 +15,8 @@ rule tissue:
     resources:
         mem_mb=2000,
         runtime=20,
+    params:
+        settings=settings("slides", "tissue"),
     shell:
         "python -m pipeline tissue --slide {input} --mask-png {output.mask}"
         " --thumbnail-png {output.thumbnail} --settings {params.settings:q} 2> {log}"

@@ -14,10 +14,6 @@ rule train:
             subcategory="fold {fold}",
             caption="../report/curves.rst",
         ),
-    params:
-        tiles_dir=RESULTS / "tiles",
-        out_dir=lambda wc: RESULTS / "models" / f"fold{wc.fold}",
-        settings=settings("model", "train"),
     log:
         LOGS / "train" / "fold{fold}.log",
     benchmark:
@@ -27,6 +23,10 @@ rule train:
         mem_mb=16000,
         runtime=720,
         gpu=1,
+    params:
+        tiles_dir=RESULTS / "tiles",
+        out_dir=lambda wc: RESULTS / "models" / f"fold{wc.fold}",
+        settings=settings("model", "train"),
     shell:
         "python -m pipeline train --index {input.index} --tiles-dir {params.tiles_dir}"
         " --fold {wildcards.fold} --out-dir {params.out_dir}"

@@ -1,0 +1,120 @@
+"""The real Snakemake workflow end to end on tiny synthetic slides (CPU, a few minutes).
+
+One full run is shared by the tests; each test that changes the data works on its own copy
+(relative paths and preserved modification times keep Snakemake's view of the copy intact).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.rle import parse
+from pipeline.synthetic import write_synthetic_slide
+from tests.conftest import REPO
+from tests.workflow_helpers import jobs_run, make_workdir, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
+    workdir = tmp_path_factory.mktemp("workflow")
+    make_workdir(workdir)
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-5000:]
+    return workdir, result
+
+
+def _copy(workdir: Path, dest: Path) -> Path:
+    shutil.copytree(workdir, dest, symlinks=True)
+    return dest
+
+
+def test_full_run_writes_every_stage(first_run: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    workdir, result = first_run
+    results = workdir / "results"
+    sheet = pd.read_csv(results / "slides.csv", dtype={"id": str}, keep_default_na=False)
+    assert sorted(sheet["split"]) == ["test", "train", "train"]
+    assert (sheet["error"] == "").all()
+    assert (pd.read_csv(results / "truth" / "check.csv")["status"] == "ok").all()
+    kept = pd.read_csv(results / "filter" / "kept.csv")
+    scores = pd.read_csv(results / "filter" / "scores.csv")
+    assert 0 < len(kept) <= len(scores)
+    for fold in (0, 1):
+        assert (results / "models" / f"fold{fold}" / "model.pt").stat().st_size > 0
+        assert len(pd.read_csv(results / "models" / f"fold{fold}" / "metrics.csv")) >= 1
+    submission = pd.read_csv(results / "submission.csv", dtype=str, keep_default_na=False)
+    test_id = sheet.loc[sheet["split"] == "test", "id"].item()
+    assert submission["id"].tolist() == [test_id]
+    parse(submission["predicted"].item(), (2048, 2048))  # a valid RLE for the slide
+    dice = pd.read_csv(results / "evaluation" / "dice.csv")
+    assert dice["id"].tolist() == [test_id, "mean"]
+    assert 0.0 <= dice["dice"].iloc[-1] <= 1.0
+    for rule in ("tissue", "tiles", "filter", "train", "predict", "encode", "submit", "evaluate"):
+        assert list((results / "logs" / rule).iterdir()), f"no log for {rule}"
+        assert list((results / "benchmarks" / rule).iterdir()), f"no benchmark for {rule}"
+    assert not list(results.rglob("*.partial")), "temporary files left behind"
+
+
+def test_second_run_has_nothing_to_do(first_run, tmp_path: Path) -> None:
+    workdir = _copy(first_run[0], tmp_path / "copy")
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_nightly_run_processes_only_the_new_slide(first_run, tmp_path: Path) -> None:
+    workdir = _copy(first_run[0], tmp_path / "night")
+    write_synthetic_slide(workdir / "data" / "test" / "0a1b2c3d4.tiff", 2048, 2048, seed=99)
+    result = snakemake(workdir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran = jobs_run(result.stdout + result.stderr)
+    assert ran == {"slide_sheet": 1, "tissue": 1, "predict": 1, "encode": 1, "submit": 1, "evaluate": 1, "all": 1}
+    submission = pd.read_csv(workdir / "results" / "submission.csv", dtype=str, keep_default_na=False)
+    assert "0a1b2c3d4" in submission["id"].tolist() and len(submission) == 2
+
+
+def test_changed_model_settings_retrain(first_run, tmp_path: Path) -> None:
+    workdir = _copy(first_run[0], tmp_path / "retrain")
+    result = snakemake(workdir, "--dry-run", "--config", "train={'epochs': 3}")
+    ran = jobs_run(result.stdout + result.stderr)
+    assert ran["train"] == 2 and ran["predict"] == 1
+    assert "tiles" not in ran and "tissue" not in ran
+
+
+def test_corrupt_slide_fails_only_its_own_jobs(first_run, tmp_path: Path) -> None:
+    workdir = _copy(first_run[0], tmp_path / "corrupt")
+    good = next((workdir / "data" / "test").glob("*.tiff"))
+    corrupt = workdir / "data" / "test" / "deadbeef0.tiff"
+    corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 3])  # truncated
+    new_good = workdir / "data" / "test" / "0a1b2c3d4.tiff"
+    write_synthetic_slide(new_good, 2048, 2048, seed=99)
+    result = snakemake(workdir, "--keep-going")
+    assert result.returncode != 0
+    results = workdir / "results"
+    assert (results / "predictions" / "0a1b2c3d4.rle").exists()
+    assert not (results / "predictions" / "deadbeef0.rle").exists()
+    failed_logs = " ".join(p.read_text() for p in (results / "logs").rglob("deadbeef0.log"))
+    assert "SlideError" in failed_logs and "deadbeef0.tiff" in failed_logs
+    submission = pd.read_csv(results / "submission.csv", dtype=str, keep_default_na=False).set_index("id")
+    assert submission.loc["deadbeef0", "predicted"] == ""
+    new_rle = (results / "predictions" / "0a1b2c3d4.rle").read_text().strip()
+    assert submission.loc["0a1b2c3d4", "predicted"] == new_rle
+    assert "no prediction for 1 slide(s): deadbeef0" in result.stderr
+
+
+def test_lint_and_snakefmt(tmp_path: Path) -> None:
+    make_workdir(tmp_path, n_train=2, n_test=1, size=1024)
+    lint = snakemake(tmp_path, "--lint")
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    assert "Congratulations, your workflow is in a good condition!" in lint.stdout + lint.stderr
+    fmt = subprocess.run(
+        [sys.executable, "-m", "snakefmt", "--check", str(REPO / "workflow")], capture_output=True, text=True
+    )
+    assert fmt.returncode == 0, fmt.stdout + fmt.stderr
