@@ -57,6 +57,7 @@ def cmd_synth(args: argparse.Namespace, config: Config) -> None:
         height=args.height,
         width=args.width,
         seed=args.seed,
+        compression=args.compression,
     )
 
 
@@ -167,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=6144)
     p.add_argument("--width", type=int, default=6144)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compression", default="jpeg", help="TIFF codec: jpeg, zlib, lzw or none")
 
     p = _stage(sub, "sheet", cmd_sheet, "list the slides of a data directory with their sizes and layouts")
     p.add_argument("--data-dir", type=Path, required=True)

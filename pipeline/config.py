@@ -43,15 +43,15 @@ class TissueConfig:
 class TilesConfig:
     """Training tiles: windows of ``size`` px over tissue, resized to ``out_size``."""
 
-    size: int = 1536
-    stride: int = 1536
-    out_size: int = 512
+    size: int = 1536  # window side at full resolution, px
+    stride: int = 1536  # grid step, px (< size for overlapping tiles)
+    out_size: int = 512  # tile side after area resizing, px (the model's input)
     min_tissue: float = 0.05  # minimum tissue fraction of a grid window
     centre_on_glomeruli: bool = True  # extra windows centred on each annotated glomerulus
     mask_threshold: float = 0.5  # area-averaged mask >= this -> 1
-    max_tiles_per_slide: int | None = None
+    max_tiles_per_slide: int | None = None  # random subsample (seeded) when a slide has more
     scheduler: str = "threads"  # "threads", "synchronous" or a dask.distributed address
-    workers: int = 2
+    workers: int = 2  # threads decoding and resizing windows
 
 
 @dataclass(frozen=True)
@@ -59,23 +59,23 @@ class ModelConfig:
     """segmentation-models-pytorch architecture and timm/smp encoder."""
 
     arch: str = "Unet"  # Unet | FPN | UnetPlusPlus
-    encoder: str = "efficientnet-b0"
+    encoder: str = "efficientnet-b0"  # timm/smp encoder name: efficientnet-b0..b7, resnet34, tu-...
     encoder_weights: str | None = None  # None, or a local weights file
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel, 0..1 scale
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # per-channel standard deviation, 0..1 scale
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     """albumentations pipeline; probabilities per transform family."""
 
-    flip: float = 0.5
-    rot90: float = 0.5
-    shift_scale_rotate: float = 0.3
+    flip: float = 0.5  # horizontal and vertical flips
+    rot90: float = 0.5  # random multiples of 90 degrees
+    shift_scale_rotate: float = 0.3  # small affine shifts, scaling and rotations
     color: float = 0.3  # HSV / brightness / contrast / gamma
-    noise: float = 0.1
-    blur: float = 0.1
-    clahe: float = 0.0
+    noise: float = 0.1  # Gaussian noise
+    blur: float = 0.1  # Gaussian or motion blur
+    clahe: float = 0.0  # contrast-limited adaptive histogram equalisation
 
 
 @dataclass(frozen=True)
@@ -83,20 +83,22 @@ class TrainConfig:
     """The training loop (per fold)."""
 
     folds: int = 2  # folds grouped by slide
-    epochs: int = 20
-    batch_size: int = 8
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    loss: dict[str, float] = field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})
+    epochs: int = 20  # maximum epochs (early stopping may end sooner)
+    batch_size: int = 8  # tiles per optimiser step
+    lr: float = 3e-4  # AdamW learning rate (cosine decay over the epochs)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    loss: dict[str, float] = field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})  # name -> weight: bce, weighted_bce, dice, focal, lovasz
+    loss_finetune: dict[str, float] | None = None  # e.g. {dice: 1.0}: replaces `loss` from ...
+    finetune_from_epoch: int | None = None  # ... this 1-based epoch on ("BCE first, Dice to fine-tune")
     pos_weight: float = 1.0  # positive-class weight for "weighted_bce"
-    focal_gamma: float = 2.0
+    focal_gamma: float = 2.0  # focusing parameter of the focal loss
     patience: int = 5  # early stopping on validation Dice
-    seed: int = 42
+    seed: int = 42  # fixes folds, sampling, augmentation and initialisation
     num_workers: int = 0  # data-loader workers; 0 on small CPUs, more on GPU nodes
     amp: bool = True  # mixed precision on CUDA (bf16 when supported, else fp16)
     channels_last: bool = True  # on CUDA
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    max_tiles_per_epoch: int | None = None
+    max_tiles_per_epoch: int | None = None  # random subset of the training tiles per epoch
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -104,30 +106,30 @@ class TrainConfig:
 class FilterConfig:
     """The first ("pretrained") pass that drops trivial tiles before real training."""
 
-    enabled: bool = True
+    enabled: bool = True  # false: train on every tile
     checkpoint: str | None = None  # reuse a model (e.g. last night's) instead of training one
     epochs: int = 3  # of the quick stage-1 model
     max_true_positive: float = 0.0  # a tile is trivial if its true positive fraction <= this
     min_accuracy: float = 1.0  # ... and the stage-1 pixel accuracy >= this
-    threshold: float = 0.5
+    threshold: float = 0.5  # probability threshold of the stage-1 predictions
 
 
 @dataclass(frozen=True)
 class PredictConfig:
     """Sliding-window consensus over a whole slide."""
 
-    window: int = 1536
-    overlap: float = 0.5
-    out_size: int = 512
+    window: int = 1536  # window side at full resolution, px (tiles.size of the model)
+    overlap: float = 0.5  # fraction of a window shared with its neighbour
+    out_size: int = 512  # window side at the model's input, px (tiles.out_size)
     blend: str = "gaussian"  # gaussian | constant
     sigma: float = 0.125  # Gaussian sigma as a fraction of the window
-    batch_size: int = 8
+    batch_size: int = 8  # windows per forward pass
     tta: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"
-    threshold: float = 0.5
+    threshold: float = 0.5  # probability above which a pixel is glomerulus
     min_object_px: int = 0  # full-resolution objects smaller than this are removed
-    fill_holes: bool = False
-    tissue_only: bool = True
-    device: str = "auto"
+    fill_holes: bool = False  # fill holes inside predicted objects
+    tissue_only: bool = True  # skip windows without tissue (they predict background)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
     prefetch: int = 2  # windows batches read ahead of the model
     workers: int = 2  # threads reading (and area-resizing) windows ahead of the model
     amp: bool = True  # mixed precision on CUDA (bf16 when supported, else fp16)
@@ -146,8 +148,8 @@ class SubmitConfig:
 class Config:
     """The whole configuration."""
 
-    data_dir: str = "data/demo"
-    results_dir: str = "results/demo"
+    data_dir: str = "data/demo"  # input folder in the Kaggle layout (train/, test/, train.csv, ...)
+    results_dir: str = "results/demo"  # every output goes under this folder
     slides: SlidesConfig = field(default_factory=SlidesConfig)
     tissue: TissueConfig = field(default_factory=TissueConfig)
     tiles: TilesConfig = field(default_factory=TilesConfig)

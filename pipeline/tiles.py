@@ -1,0 +1,473 @@
+"""Training tiles: windows over tissue (plus windows centred on glomeruli) -> Zarr.
+
+A grid of ``size`` px windows (1536 by default) is laid over the slide and kept
+where the low-res tissue mask says there is enough tissue; extra windows are
+centred on each annotated glomerulus so positives are not always cut by the
+grid. Each window is read at full resolution, area-averaged to ``out_size``
+(512), and written with its truth mask into one Zarr v3 group per slide:
+``images`` (N, out, out, 3) and ``masks`` (N, out, out), one tile per chunk.
+Windows are computed in parallel by Dask a batch at a time, so memory is a
+batch of tiles, never the slide; the store is written under a temporary name and
+renamed when complete.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask
+import numpy as np
+import pandas as pd
+import zarr
+from scipy import ndimage
+from zarr.codecs import ZstdCodec
+
+from pipeline.atomic import atomic_path
+from pipeline.errors import ConfigError, DataError
+from pipeline.progress import get_logger, progress
+
+try:  # opencv-python-headless comes with albumentations; its INTER_AREA is ~20x numpy
+    import cv2
+except ImportError:  # pragma: no cover - numpy fallback for integer factors
+    cv2 = None
+
+if TYPE_CHECKING:
+    from pipeline.config import Config, TilesConfig
+    from pipeline.slides import SlideReader
+    from pipeline.tissue import TissueMask
+
+log = get_logger(__name__)
+
+Truth = Callable[[int, int, int, int], np.ndarray]
+INDEX_COLUMNS = ["slide", "tile", "y0", "x0", "tissue", "positive"]
+# zstd 1: same ratio as zarr's default level on H&E tiles (~0.56) at about half the cost
+COMPRESSION_LEVEL = 1
+
+
+# ---------------------------------------------------------------- windows
+
+
+def _positions(n: int, size: int, stride: int) -> np.ndarray:
+    """Window starts along one axis: every ``stride``, the last clamped to the edge."""
+    if n <= size:
+        return np.zeros(1, np.int64)  # one window, padded past the edge
+    starts = list(range(0, n - size + 1, stride))
+    if starts[-1] + size < n:
+        starts.append(n - size)
+    return np.asarray(starts, np.int64)
+
+
+def _clamp(start: np.ndarray, n: int, size: int) -> np.ndarray:
+    """Keep windows inside the slide when it is larger than them, else at 0 (padded)."""
+    return np.clip(start, 0, max(n - size, 0)).astype(np.int64)
+
+
+def tile_grid(tissue: TissueMask, slide_shape: tuple[int, int], cfg: TilesConfig) -> pd.DataFrame:
+    """Grid windows (``cfg.size`` px every ``cfg.stride``) with tissue >= ``cfg.min_tissue``.
+
+    Columns ``y0, x0, tissue`` (tissue fraction of the window from the low-res mask).
+    """
+    height, width = slide_shape
+    if cfg.size <= 0 or cfg.stride <= 0:
+        raise ValueError(f"tile size and stride must be positive, got {cfg.size}, {cfg.stride}")
+    ys = _positions(height, cfg.size, cfg.stride)
+    xs = _positions(width, cfg.size, cfg.stride)
+    y0, x0 = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
+    frac = tissue.window_fractions(y0, x0, cfg.size, cfg.size)
+    keep = frac >= cfg.min_tissue
+    return pd.DataFrame({"y0": y0[keep], "x0": x0[keep], "tissue": frac[keep]})
+
+
+def centred_windows(
+    centres: Sequence[tuple[float, float]], slide_shape: tuple[int, int], size: int
+) -> pd.DataFrame:
+    """Windows of ``size`` px centred on each (y, x), clamped inside the slide; deduplicated."""
+    height, width = slide_shape
+    c = np.asarray(list(centres), np.float64).reshape(-1, 2)
+    y0 = _clamp(np.round(c[:, 0] - size / 2).astype(np.int64), height, size)
+    x0 = _clamp(np.round(c[:, 1] - size / 2).astype(np.int64), width, size)
+    out = pd.DataFrame({"y0": y0, "x0": x0}).drop_duplicates(ignore_index=True)
+    return out.astype({"y0": np.int64, "x0": np.int64})
+
+
+def select_windows(
+    grid: pd.DataFrame, centred: pd.DataFrame, tissue: TissueMask, cfg: TilesConfig
+) -> pd.DataFrame:
+    """Grid + centred windows (``centred`` flag), deduplicated, capped at ``max_tiles_per_slide``.
+
+    When capped, centred windows (the positives) come first, then the grid windows
+    with the most tissue; the result is sorted by position for sequential reads.
+    """
+    centred = centred.copy()
+    if len(centred):
+        centred["tissue"] = tissue.window_fractions(
+            centred["y0"].to_numpy(), centred["x0"].to_numpy(), cfg.size, cfg.size
+        )
+    centred["centred"] = True
+    grid = grid.assign(centred=False)
+    both = pd.concat([centred, grid], ignore_index=True) if len(centred) else grid
+    both = both.drop_duplicates(subset=["y0", "x0"], keep="first", ignore_index=True)
+    cap = cfg.max_tiles_per_slide
+    if cap is not None and len(both) > cap:
+        both = both.sort_values(["centred", "tissue"], ascending=False, kind="stable").head(cap)
+    both = both.sort_values(["y0", "x0"], kind="stable", ignore_index=True)
+    return both.astype({"y0": np.int64, "x0": np.int64, "tissue": np.float64, "centred": bool})
+
+
+def centres_from_runs(
+    runs: np.ndarray, slide_shape: tuple[int, int], stride: int = 16
+) -> list[tuple[int, int]]:
+    """(y, x) centres of the objects of a column-major RLE, from a 1/``stride`` rasterisation.
+
+    Each run is a vertical segment of one column (or, rarely, spills over into the
+    next columns); marking the low-res cells it touches costs memory of the low-res
+    mask only. Objects are 8-connected components there; the centre is that of the
+    bounding box, accurate to ``stride`` px.
+    """
+    height, width = slide_shape
+    runs = np.asarray(runs, np.int64).reshape(-1, 2)
+    runs = runs[runs[:, 1] > 0]
+    low = np.zeros((math.ceil(height / stride), math.ceil(width / stride)), bool)
+    if len(runs) == 0:
+        return []
+    start, end = runs[:, 0], runs[:, 0] + runs[:, 1]  # [start, end) flat column-major
+    c0, c1 = start // height, (end - 1) // height
+    one = c0 == c1
+    r0 = (start - c0 * height)[one] // stride
+    r1 = (end - 1 - c0 * height)[one] // stride
+    cols = c0[one] // stride
+    counts = r1 - r0 + 1
+    total = int(counts.sum())
+    offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+    low[np.repeat(r0, counts) + offsets, np.repeat(cols, counts)] = True
+    for s, e, a, b in zip(start[~one], end[~one], c0[~one], c1[~one], strict=True):
+        low[(s - a * height) // stride :, a // stride] = True  # rare: runs over column ends
+        if b > a + 1:
+            low[:, (a + 1) // stride : (b - 1) // stride + 1] = True
+        low[: (e - 1 - b * height) // stride + 1, b // stride] = True
+    labels, n = ndimage.label(low, structure=np.ones((3, 3), bool))
+    out = []
+    for sl in ndimage.find_objects(labels)[:n]:
+        ys, xs = sl
+        y = min((ys.start + ys.stop) * stride / 2, height - 1)
+        x = min((xs.start + xs.stop) * stride / 2, width - 1)
+        out.append((int(round(y)), int(round(x))))
+    return out
+
+
+# ---------------------------------------------------------------- resize
+
+
+def resize_area(image: np.ndarray, out_size: int | tuple[int, int]) -> np.ndarray:
+    """Area-averaged resize of (h, w) or (h, w, c) to ``out_size`` (square, or (oh, ow)).
+
+    Integer images come back in their dtype (rounded block means); bool and float
+    images come back as float32 means (fractions for masks). Integer factors are
+    exact block means; other factors use OpenCV's INTER_AREA (pixel-area weights).
+    """
+    oh, ow = (out_size, out_size) if isinstance(out_size, int) else out_size
+    image = np.asarray(image)
+    h, w = image.shape[:2]
+    if (h, w) == (oh, ow):
+        return image.astype(np.float32) if image.dtype == bool else image.copy()
+    src = image.astype(np.float32) if image.dtype == bool else image
+    if cv2 is not None and (src.ndim == 2 or src.shape[2] <= 4):
+        if src.dtype.kind == "f" and src.dtype != np.float32:
+            src = src.astype(np.float32)
+        out = cv2.resize(np.ascontiguousarray(src), (ow, oh), interpolation=cv2.INTER_AREA)
+        return out.reshape((oh, ow) + image.shape[2:])
+    if h % oh or w % ow:
+        raise ValueError(f"cannot area-resize {h} x {w} to {oh} x {ow} without OpenCV")
+    fy, fx = h // oh, w // ow
+    blocks = src.reshape((oh, fy, ow, fx) + src.shape[2:])
+    if src.dtype.kind in "ui":
+        total = blocks.sum(axis=(1, 3), dtype=np.int64)
+        n = fy * fx
+        return ((total + n // 2) // n).astype(image.dtype)
+    return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
+
+
+# ---------------------------------------------------------------- extraction
+
+
+class SlideRef:
+    """Stand-in for a reader on dask.distributed workers: opens the slide once per worker
+    process and keeps it open (a pickled reader would reopen it for every batch)."""
+
+    _open: dict[tuple[str, str], Any] = {}
+
+    def __init__(self, path: str | os.PathLike[str], backend: str) -> None:
+        self.path, self.backend = str(path), backend
+
+    def reader(self) -> SlideReader:
+        key = (self.path, self.backend)
+        if key not in SlideRef._open:
+            from pipeline.slides import open_slide
+
+            SlideRef._open[key] = open_slide(self.path, backend=self.backend)
+        return SlideRef._open[key]
+
+
+def _extract_one(
+    source: SlideReader | SlideRef,
+    truth: Truth | None,
+    y0: int,
+    x0: int,
+    size: int,
+    out_size: int,
+    mask_threshold: float,
+    slide_shape: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """One window: (image (out, out, 3) uint8, mask (out, out) uint8, positive fraction)."""
+    reader = source.reader() if isinstance(source, SlideRef) else source
+    window = reader.read(int(y0), int(x0), size, size)
+    image = resize_area(np.asarray(window, np.uint8), out_size)
+    mask = np.zeros((out_size, out_size), np.uint8)
+    positive = 0.0
+    if truth is not None:
+        height, width = slide_shape
+        ya, yb = max(y0, 0), min(y0 + size, height)
+        xa, xb = max(x0, 0), min(x0 + size, width)
+        if yb > ya and xb > xa:
+            part = np.asarray(truth(int(ya), int(xa), int(yb - ya), int(xb - xa)))
+            if part.shape != (yb - ya, xb - xa):
+                raise DataError(
+                    getattr(reader, "path", None),
+                    f"truth window at y0={ya} x0={xa} has shape {part.shape}, "
+                    f"expected {(yb - ya, xb - xa)}",
+                )
+            count = np.count_nonzero(part)
+            positive = count / (size * size)
+            if count:  # most windows have no glomerulus: no float mask for them
+                full = np.zeros((size, size), np.float32)  # 0/1; padding past the slide stays 0
+                full[ya - y0 : yb - y0, xa - x0 : xb - x0] = part > 0
+                mask = (resize_area(full, out_size) >= mask_threshold - 1e-6).astype(np.uint8)
+    return image, mask, positive
+
+
+def _scheduler(cfg: TilesConfig) -> tuple[Any, dict[str, Any], Any]:
+    """(scheduler for dask.compute, its kwargs, a distributed client to close or None)."""
+    name = cfg.scheduler
+    if name in ("threads", "synchronous", "sync", "single-threaded"):
+        if name == "threads":
+            return "threads", {"num_workers": max(1, cfg.workers)}, None
+        return "synchronous", {}, None
+    if ":" not in name:  # "tcp://host:8786", "host:8786", "inproc://..."
+        raise ConfigError(
+            None,
+            f"tiles.scheduler: expected threads, synchronous or a dask.distributed address, got {name!r}",
+        )
+    from distributed import Client
+
+    try:
+        client = Client(name, set_as_default=False, timeout=30)
+    except OSError as err:
+        raise ConfigError(None, f"tiles.scheduler: cannot reach the dask scheduler {name}: {err}") from err
+    return client, {}, client
+
+
+def _stream(compute: Callable[[int, int], list], n: int, batch: int) -> Iterator[Any]:
+    """Results of ``compute(a, b)`` batch after batch, one at a time; the next batch is
+    computed while the caller consumes (and writes) the current one. Two batches in
+    memory at most."""
+    spans = [(a, min(a + batch, n)) for a in range(0, n, batch)]
+    if not spans:
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(compute, *spans[0])
+        for k in range(len(spans)):
+            done = pending.result()
+            if k + 1 < len(spans):
+                pending = pool.submit(compute, *spans[k + 1])
+            yield from done
+
+
+def extract_tiles(
+    reader: SlideReader,
+    truth: Truth | None,
+    windows: pd.DataFrame,
+    out_zarr: str | os.PathLike[str],
+    cfg: TilesConfig,
+    slide_id: str,
+) -> pd.DataFrame:
+    """Read, resize and store every window; returns the index rows.
+
+    ``truth(y0, x0, height, width)`` gives the full-resolution 0/1 mask of a window
+    inside the slide (None: masks are all zero). Rows: slide, tile (row in the
+    store), y0, x0, tissue (from ``windows`` when it has that column), positive
+    (full-resolution mask fraction of the window). The store appears at
+    ``out_zarr`` only once complete.
+    """
+    out_zarr = Path(out_zarr)
+    slide_shape = tuple(int(v) for v in reader.shape)
+    y0s = windows["y0"].to_numpy(np.int64)
+    x0s = windows["x0"].to_numpy(np.int64)
+    n, out = len(windows), cfg.out_size
+    tissue = windows["tissue"].to_numpy(np.float64) if "tissue" in windows else np.full(n, np.nan)
+    positive = np.zeros(n, np.float64)
+    scheduler, kwargs, client = _scheduler(cfg)
+    source: SlideReader | SlideRef = (
+        reader if client is None else SlideRef(reader.path, getattr(reader, "backend", "") or "tifffile")
+    )
+    batch = max(8, 4 * max(1, cfg.workers))
+    args = (cfg.size, out, cfg.mask_threshold, slide_shape)
+
+    def compute(a: int, b: int) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        # reader and truth are one graph node each (shipped once to a distributed worker)
+        src = dask.delayed(source, traverse=False)
+        tru = dask.delayed(truth, traverse=False)
+        tasks = [dask.delayed(_extract_one)(src, tru, y0s[i], x0s[i], *args) for i in range(a, b)]
+        return list(dask.compute(*tasks, scheduler=scheduler, **kwargs))
+
+    try:
+        with atomic_path(out_zarr) as tmp:
+            root = zarr.open_group(tmp, mode="w", zarr_format=3)
+            images = root.create_array(
+                "images",
+                shape=(n, out, out, 3),
+                dtype="uint8",
+                chunks=(1, out, out, 3),
+                compressors=ZstdCodec(level=COMPRESSION_LEVEL),
+                fill_value=0,
+                dimension_names=("tile", "y", "x", "channel"),
+            )
+            masks = root.create_array(
+                "masks",
+                shape=(n, out, out),
+                dtype="uint8",
+                chunks=(1, out, out),
+                compressors=ZstdCodec(level=COMPRESSION_LEVEL),
+                fill_value=0,
+                dimension_names=("tile", "y", "x"),
+            )
+            buffer: list[tuple[np.ndarray, np.ndarray, float]] = []
+            for i, result in enumerate(
+                progress(_stream(compute, n, batch), total=n, desc=f"tiles {slide_id}", logger=log)
+            ):
+                buffer.append(result)
+                if len(buffer) == batch or i == n - 1:  # a whole batch: zarr compresses chunks in parallel
+                    a = i + 1 - len(buffer)
+                    images[a : i + 1] = np.stack([r[0] for r in buffer])
+                    masks[a : i + 1] = np.stack([r[1] for r in buffer])
+                    positive[a : i + 1] = [r[2] for r in buffer]
+                    buffer.clear()
+            index = pd.DataFrame(
+                {
+                    "slide": slide_id,
+                    "tile": np.arange(n, dtype=np.int64),
+                    "y0": y0s,
+                    "x0": x0s,
+                    "tissue": tissue,
+                    "positive": positive,
+                },
+                columns=INDEX_COLUMNS,
+            )
+            root.attrs.update(
+                {
+                    "slide": slide_id,
+                    "slide_shape": list(slide_shape),
+                    "size": cfg.size,
+                    "out_size": out,
+                    "mask_threshold": cfg.mask_threshold,
+                    "has_truth": truth is not None,
+                    "index": {c: index[c].tolist() for c in INDEX_COLUMNS if c != "slide"},
+                }
+            )
+    finally:
+        if client is not None:
+            client.close()
+    log.info("%s: %d tiles (%d positive) -> %s", slide_id, n, int((positive > 0).sum()), out_zarr)
+    return index
+
+
+def open_tile_store(path: str | os.PathLike[str]) -> tuple[zarr.Array, zarr.Array]:
+    """(images, masks) of a tile store written by :func:`extract_tiles`, read-only."""
+    path = Path(path)
+    if not path.is_dir():
+        raise DataError(path, "tile store not found (run the tiles stage first)")
+    try:
+        root = zarr.open_group(path, mode="r")
+        images, masks = root["images"], root["masks"]
+    except (KeyError, FileNotFoundError, ValueError) as err:
+        raise DataError(path, f"not a tile store (needs arrays 'images' and 'masks'): {err}") from err
+    if images.ndim != 4 or masks.ndim != 3 or images.shape[:3] != masks.shape:
+        raise DataError(path, f"inconsistent tile store: images {images.shape}, masks {masks.shape}")
+    return images, masks
+
+
+def read_tile_index(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """The index rows stored in a tile store's attributes (same as the per-slide CSV)."""
+    open_tile_store(path)  # same checks and errors
+    attrs = zarr.open_group(Path(path), mode="r").attrs
+    cols = dict(attrs["index"])
+    df = pd.DataFrame({"slide": attrs["slide"], **cols})
+    return df[INDEX_COLUMNS].astype({"tile": np.int64, "y0": np.int64, "x0": np.int64})
+
+
+# ---------------------------------------------------------------- stage
+
+
+def _truth_and_centres(
+    slide_id: str, truth_rle: str | None, polygons_path, slide_shape: tuple[int, int], want_centres: bool
+) -> tuple[Truth | None, list[tuple[int, int]]]:
+    """Truth callable (RLE first, else polygons, else None) and glomerulus centres."""
+    from pipeline import annotations, rle
+
+    truth: Truth | None = None
+    centres: list[tuple[int, int]] = []
+    poly = Path(polygons_path) if polygons_path is not None else None
+    geoms = None
+    if poly is not None and poly.exists() and (truth_rle is None or want_centres):
+        geoms = annotations.read_polygons(poly)  # the glomerulus file: every feature is one
+    if truth_rle is not None:
+        runs = rle.parse(truth_rle, slide_shape, source=f"train.csv (slide {slide_id})")
+
+        def truth(y0: int, x0: int, height: int, width: int) -> np.ndarray:
+            return rle.decode_window(runs, slide_shape, y0, x0, height, width)
+
+        if want_centres and geoms is None:
+            centres = centres_from_runs(runs, slide_shape)
+    elif geoms is not None:
+        truth = annotations.as_index(geoms)  # STRtree built once; called per window
+
+    if want_centres and geoms is not None:
+        centres = [(int(y), int(x)) for y, x in annotations.centres(geoms)]
+    return truth, centres
+
+
+def run_tiles(
+    slide_path,
+    slide_id: str,
+    truth_rle: str | None,
+    polygons_path,
+    tissue_png,
+    out_zarr,
+    out_index_csv,
+    config: Config,
+) -> pd.DataFrame:
+    """Stage entry point: tile one slide into ``out_zarr`` and write its index CSV."""
+    from pipeline.slides import open_slide
+    from pipeline.tissue import load_tissue
+
+    cfg = config.tiles
+    with open_slide(slide_path, backend=config.slides.backend) as reader:
+        shape = tuple(int(v) for v in reader.shape)
+        tissue = load_tissue(tissue_png, shape)
+        truth, centres = _truth_and_centres(
+            slide_id, truth_rle, polygons_path, shape, cfg.centre_on_glomeruli
+        )
+        grid = tile_grid(tissue, shape, cfg)
+        centred = centred_windows(centres, shape, cfg.size)
+        windows = select_windows(grid, centred, tissue, cfg)
+        log.info(
+            "%s: %d grid + %d centred windows -> %d tiles", slide_id, len(grid), len(centred), len(windows)
+        )
+        index = extract_tiles(reader, truth, windows, out_zarr, cfg, slide_id)
+    with atomic_path(out_index_csv) as tmp:
+        index.to_csv(tmp, index=False)
+    return index
