@@ -38,3 +38,9 @@ lint: $(STAMP)  ## snakemake --lint and snakefmt, as the tests run them
 
 clean-demo:  ## remove the demo data and results
 	rm -rf $(DEMO_DATA) results/demo
+
+.PHONY: real-bench
+REAL_BENCH_ARGS ?=
+
+real-bench: $(STAMP)  ## real labels: AIDPATH tiles as mosaic slides, the workflow, Dice per slide and tile
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/real.py --cores $(CORES) $(REAL_BENCH_ARGS)

@@ -88,7 +88,9 @@ def start_cluster() -> str:
                 "SlurmctldLogFile=/var/log/slurm/slurmctld.log",
                 "SlurmdLogFile=/var/log/slurm/slurmd.log",
                 f"NodeName={host} CPUs={os.cpu_count()} RealMemory={_memory_mb()} State=UNKNOWN",
-                "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                # The partitions workflow/profiles/slurm names, both on this one node.
+                "PartitionName=cpu Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                "PartitionName=gpu Nodes=ALL Default=NO MaxTime=INFINITE State=UP",
                 "",
             ]
         )

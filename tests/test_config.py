@@ -79,3 +79,21 @@ def test_bad_yaml_names_the_file(tmp_path: Path) -> None:
     path.write_text("train: [unclosed\n")
     with pytest.raises(ConfigError, match="broken.yaml: cannot read config"):
         load_config(path)
+
+
+def _leaf_keys(data: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in data.items():
+        if isinstance(value, dict) and key != "loss":
+            keys |= _leaf_keys(value, f"{prefix}{key}.")
+        else:
+            keys.add(f"{prefix}{key}")
+    return keys
+
+
+def test_demo_config_sets_every_key_the_real_config_sets() -> None:
+    """Snakemake loads config/config.yaml first and --configfile demo.yaml on top of it:
+    a key only the real config sets would leak real-run values (e.g. 8 loader workers) into the demo."""
+    real = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    demo = yaml.safe_load((REPO / "config" / "demo.yaml").read_text())
+    assert _leaf_keys(real) <= _leaf_keys(demo)

@@ -16,7 +16,7 @@ import pytest
 
 from pipeline.rle import parse
 from pipeline.synthetic import write_synthetic_slide
-from tests.conftest import REPO
+from tests.conftest import REPO, SHARED_DATA
 from tests.workflow_helpers import jobs_run, make_workdir, snakemake
 
 pytestmark = pytest.mark.slow
@@ -88,11 +88,14 @@ def test_changed_model_settings_retrain(first_run, tmp_path: Path) -> None:
     assert "tiles" not in ran and "tissue" not in ran
 
 
-def test_corrupt_slide_fails_only_its_own_jobs(first_run, tmp_path: Path) -> None:
+def test_corrupt_slides_fail_only_their_own_jobs(first_run, tmp_path: Path) -> None:
     workdir = _copy(first_run[0], tmp_path / "corrupt")
     good = next((workdir / "data" / "test").glob("*.tiff"))
     corrupt = workdir / "data" / "test" / "deadbeef0.tiff"
     corrupt.write_bytes(good.read_bytes()[: good.stat().st_size // 3])  # truncated
+    unreadable = SHARED_DATA / "wsi" / "openslide-fixtures" / "unreadable.svs"  # a corrupt JPEG tile
+    if unreadable.exists():
+        shutil.copy(unreadable, workdir / "data" / "test" / "unreadable1.svs")
     new_good = workdir / "data" / "test" / "0a1b2c3d4.tiff"
     write_synthetic_slide(new_good, 2048, 2048, seed=99)
     result = snakemake(workdir, "--keep-going")
@@ -106,7 +109,13 @@ def test_corrupt_slide_fails_only_its_own_jobs(first_run, tmp_path: Path) -> Non
     assert submission.loc["deadbeef0", "predicted"] == ""
     new_rle = (results / "predictions" / "0a1b2c3d4.rle").read_text().strip()
     assert submission.loc["0a1b2c3d4", "predicted"] == new_rle
-    assert "no prediction for 1 slide(s): deadbeef0" in result.stderr
+    if unreadable.exists():
+        assert not (results / "predictions" / "unreadable1.rle").exists()
+        unreadable_logs = " ".join(p.read_text() for p in (results / "logs").rglob("unreadable1.log"))
+        assert "SlideError" in unreadable_logs and "unreadable1.svs" in unreadable_logs
+        assert submission.loc["unreadable1", "predicted"] == ""
+    missing = "deadbeef0, unreadable1" if unreadable.exists() else "deadbeef0"
+    assert f"no prediction for {missing.count(',') + 1} slide(s): {missing}" in result.stderr
 
 
 def test_lint_and_snakefmt(tmp_path: Path) -> None:

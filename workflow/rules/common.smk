@@ -1,6 +1,7 @@
 # Validation, slide discovery and input functions shared by every rule.
 
 import json
+import re
 from pathlib import Path
 
 from snakemake.utils import validate
@@ -26,7 +27,8 @@ BENCHMARKS = RESULTS / "benchmarks"
 
 
 wildcard_constraints:
-    id="[A-Za-z0-9_.-]+",
+    # Only the slides found, so tiles/index.csv is never read as a slide called "index".
+    id="|".join(re.escape(i) for i in SLIDES) or "(?!)",
     fold=r"\d+",
 
 

@@ -1,0 +1,101 @@
+"""Training augmentations (albumentations 2) and the uint8 -> tensor normalisation.
+
+Augmentations work on uint8 HWC tiles and their masks; normalisation is *not*
+part of them: :func:`to_tensor` does it (on the device, after transfer) and is the
+one function both training and prediction use, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch import Tensor
+
+from pipeline.config import AugmentConfig
+
+
+def build_augment(cfg: AugmentConfig) -> A.Compose:
+    """Flips, rot90, affine, colour, noise, blur, CLAHE with the configured probabilities.
+
+    Families with probability 0 are left out (no cost). Geometric transforms move
+    image and mask together (mask: nearest neighbour); photometric ones touch the
+    image only. Seed it per sample with :func:`seed_augment` for reproducibility.
+    """
+    t: list[A.BasicTransform | A.BaseCompose] = []
+    if cfg.flip > 0:
+        t += [A.HorizontalFlip(p=cfg.flip), A.VerticalFlip(p=cfg.flip)]
+    if cfg.rot90 > 0:
+        t.append(A.RandomRotate90(p=cfg.rot90))
+    if cfg.shift_scale_rotate > 0:
+        # albumentations 2: Affine replaces ShiftScaleRotate; reflect borders (no black corners)
+        t.append(
+            A.Affine(
+                translate_percent=(-0.0625, 0.0625),
+                scale=(0.9, 1.1),
+                rotate=(-45, 45),
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=cfg.shift_scale_rotate,
+            )
+        )
+    if cfg.color > 0:
+        t.append(
+            A.OneOf(
+                [
+                    A.HueSaturationValue(hue_shift_limit=10, sat_shift_limit=20, val_shift_limit=10, p=1.0),
+                    A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=1.0),
+                    A.RandomGamma(gamma_limit=(80, 120), p=1.0),
+                ],
+                p=cfg.color,
+            )
+        )
+    if cfg.noise > 0:
+        t.append(A.GaussNoise(std_range=(0.01, 0.05), p=cfg.noise))  # std as a fraction of 255
+    if cfg.blur > 0:
+        t.append(A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.3, 1.2), p=cfg.blur))
+    if cfg.clahe > 0:
+        t.append(A.CLAHE(clip_limit=2.0, tile_grid_size=(8, 8), p=cfg.clahe))
+    return A.Compose(t)
+
+
+def seed_augment(augment: A.BaseCompose, seed: int) -> None:
+    """Give every transform inside ``augment`` its own generator derived from ``seed``.
+
+    albumentations' own ``set_random_seed`` hands the *same* seed to every transform,
+    which correlates their "apply?" draws; this derives distinct child seeds.
+    """
+    children = np.random.SeedSequence(seed).generate_state(2 + len(augment.transforms))
+    augment.seed = int(children[0])
+    augment.random_generator = np.random.default_rng(int(children[0]))
+    augment.py_random.seed(int(children[1]))
+    for child_seed, transform in zip(children[2:], augment.transforms, strict=True):
+        if isinstance(transform, A.BaseCompose):
+            seed_augment(transform, int(child_seed))
+        else:
+            transform.set_random_seed(int(child_seed))
+
+
+def to_tensor(
+    images_uint8_nhwc: np.ndarray | Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """uint8 (N, H, W, 3) (or one (H, W, 3)) -> float32 (N, 3, H, W), ``(x/255 - mean)/std``.
+
+    ``mean`` / ``std`` are per channel on the 0..1 scale (``ModelConfig``). Moving
+    the uint8 batch first and normalising on ``device`` keeps transfers 4x smaller.
+    """
+    x = torch.as_tensor(images_uint8_nhwc)
+    if x.ndim == 3:
+        x = x.unsqueeze(0)
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise ValueError(f"to_tensor: expected (N, H, W, 3) images, got shape {tuple(x.shape)}")
+    if device is not None:
+        x = x.to(device, non_blocking=True)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
+    return ((x.permute(0, 3, 1, 2).float() - m) / s).contiguous()

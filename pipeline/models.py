@@ -1,0 +1,204 @@
+"""Model factory, checkpoints and device selection.
+
+Models come from segmentation-models-pytorch (any smp or ``tu-`` timm encoder)
+with one output channel of logits. Checkpoints hold only plain types and tensors
+so they load with ``torch.load(weights_only=True)`` (no pickled code), and they
+carry the config they were trained with, so ``load_model`` can rebuild the
+network without being told the architecture.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import segmentation_models_pytorch as smp
+import torch
+from torch import nn
+
+from pipeline.atomic import atomic_path
+from pipeline.config import Config, ModelConfig, config_from_dict
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.progress import get_logger
+
+log = get_logger(__name__)
+
+ARCHS = ("Unet", "FPN", "UnetPlusPlus")
+CHECKPOINT_FORMAT = "pipeline-checkpoint"
+CHECKPOINT_VERSION = 1
+# classifier heads that a backbone's ImageNet checkpoint has and an smp encoder drops
+_HEAD_PREFIXES = ("fc.", "_fc.", "classifier.", "head.", "last_linear.")
+_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``"auto"`` -> the first CUDA device if there is one, else CPU; else ``name`` checked."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(None, f"device: invalid device {name!r} ({err})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(None, f"device: {name!r} requested but CUDA is not available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(None, f"device: {name!r} but only {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def _arch_name(arch: str) -> str:
+    for known in ARCHS:
+        if arch.lower() == known.lower():
+            return known
+    raise ConfigError(None, f"model.arch: unknown architecture {arch!r} (known: {', '.join(ARCHS)})")
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A state dict from a local file (torch pickle loaded weights_only, or safetensors)."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path), device="cpu")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any reader error becomes one clear message
+        raise ConfigError(path, f"cannot read encoder weights: {err}") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(path, "encoder weights file does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def _is_head(key: str) -> bool:
+    return any(key.startswith(p) or key.startswith(f"model.{p}") for p in _HEAD_PREFIXES)
+
+
+def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str]) -> None:
+    """Load a local weights file into ``encoder`` with a strict key check.
+
+    Tolerated differences: a ``module.`` prefix (DataParallel), a ``model.`` prefix
+    missing for timm-universal (``tu-``) encoders, and ImageNet classifier-head keys
+    (``fc.``, ``classifier.``...) that smp encoders do not have. Anything else that
+    does not match raises a ConfigError naming the file and the keys.
+    """
+    path = Path(path)
+    state = _read_state_dict(path)
+    expected = set(encoder.state_dict())
+    if not set(state) & expected and all(k.startswith("model.") for k in expected):
+        state = {f"model.{k}": v for k, v in state.items()}  # plain timm backbone weights
+    state = {k: v for k, v in state.items() if k in expected or not _is_head(k)}
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ConfigError(
+            path,
+            f"encoder weights do not match the encoder: {len(missing)} missing key(s) "
+            f"{missing[:5]}, {len(unexpected)} unexpected key(s) {unexpected[:5]}",
+        )
+    try:
+        encoder.load_state_dict(state, strict=True)
+    except RuntimeError as err:  # shape mismatches
+        raise ConfigError(path, f"encoder weights do not match the encoder: {err}") from None
+    log.info("loaded encoder weights from %s", path)
+
+
+def build_model(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
+    """An smp model with 1 output channel (logits); encoder weights None or a local file.
+
+    ``load_weights=False`` skips ``cfg.encoder_weights`` (used when a checkpoint's
+    state dict is about to overwrite every weight anyway).
+    """
+    arch = _arch_name(cfg.arch)
+    weights = cfg.encoder_weights if load_weights else None
+    weights_file: Path | None = None
+    smp_weights: str | None = None
+    if weights:
+        candidate = Path(weights).expanduser()
+        if candidate.is_file():
+            weights_file = candidate
+        elif os.sep in weights or "/" in weights or weights.endswith(_WEIGHT_SUFFIXES):
+            raise ConfigError(candidate, "model.encoder_weights: file not found")
+        else:
+            smp_weights = weights  # a named smp/timm variant such as "imagenet" (needs network)
+    try:
+        model = smp.create_model(
+            arch, encoder_name=cfg.encoder, encoder_weights=smp_weights, in_channels=3, classes=1
+        )
+    except (KeyError, ValueError, RuntimeError) as err:
+        msg = err.args[0] if err.args else err
+        raise ConfigError(None, f"model: cannot build {arch} with encoder {cfg.encoder!r}: {msg}") from None
+    except OSError as err:  # download of named weights without network
+        raise ConfigError(None, f"model.encoder_weights: cannot fetch {smp_weights!r}: {err}") from None
+    if weights_file is not None:
+        load_encoder_weights(model.encoder, weights_file)
+    return model
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    config: Config,
+    epoch: int,
+    metrics: dict[str, float],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write ``path`` atomically: state dict + config dict + epoch + metrics (+ ``extra``).
+
+    Only tensors and plain Python types go in, so ``torch.load(weights_only=True)``
+    reads it back. ``extra`` carries resume state (optimizer, scheduler, RNG...).
+    """
+    state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+    payload: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "state_dict": state,
+        "config": config.to_dict(),
+        "epoch": int(epoch),
+        "metrics": {str(k): float(v) for k, v in metrics.items()},
+    }
+    if extra:
+        payload.update(extra)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The checkpoint dict at ``path`` (weights_only); PipelineError if it is not one of ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(path, "checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - pickle/zip errors vary; name the file
+        raise PipelineError(path, f"not a readable checkpoint: {err}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "state_dict" not in ckpt:
+        raise PipelineError(path, "not a pipeline checkpoint (no format/state_dict/config)")
+    return ckpt
+
+
+def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model from the config stored in the checkpoint; eval mode on ``device``.
+
+    Returns ``(model, meta)``; ``meta`` is the checkpoint without the state dict
+    (``config``, ``epoch``, ``metrics``...).
+    """
+    path = Path(path)
+    ckpt = read_checkpoint(path, "cpu")
+    try:
+        config = config_from_dict(ckpt["config"])
+    except (ConfigError, KeyError, TypeError) as err:
+        raise PipelineError(path, f"checkpoint holds an invalid config: {err}") from None
+    model = build_model(config.model, load_weights=False)
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as err:
+        raise PipelineError(
+            path, f"state dict does not match {config.model.arch}/{config.model.encoder}: {err}"
+        ) from None
+    model.to(device).eval()
+    resume_only = ("state_dict", "optimizer", "scheduler", "scaler", "rng")
+    meta = {k: v for k, v in ckpt.items() if k not in resume_only}
+    return model, meta

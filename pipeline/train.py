@@ -1,0 +1,557 @@
+"""The training loop: folds grouped by slide, best-Dice checkpoint, resume, early stopping.
+
+One loop (:func:`fit`) serves the real per-fold training and the quick stage-1
+model of the filter pass. Everything random is derived from ``train.seed``: the
+model initialisation, the tile order of each epoch and one augmentation seed per
+(epoch, tile), so a run is reproducible on CPU whatever the number of data-loader
+workers, and a resumed run continues exactly where it stopped.
+
+Outputs in ``out_dir``: ``model.pt`` (best validation Dice), ``last.pt`` (resume
+state, every epoch), ``metrics.csv`` and ``curves.png`` (every epoch), all atomic.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import albumentations as A
+import numpy as np
+import pandas as pd
+import torch
+import zarr
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from pipeline.atomic import atomic_path
+from pipeline.augment import build_augment, seed_augment, to_tensor
+from pipeline.config import Config
+from pipeline.errors import ConfigError, DataError, PipelineError
+from pipeline.losses import build_loss, check_loss_schedule, uses_finetune
+from pipeline.models import build_model, read_checkpoint, save_checkpoint, select_device
+from pipeline.progress import get_logger, progress
+from pipeline.tiles import open_tile_store
+
+log = get_logger(__name__)
+
+INDEX_COLUMNS = ("slide", "tile")
+METRIC_COLUMNS = ["epoch", "train_loss", "val_loss", "val_dice", "lr", "seconds", "tiles_per_s"]
+# keys that may change between a run and its resumption without invalidating last.pt
+RESUMABLE_TRAIN_KEYS = ("epochs", "patience", "num_workers", "device")
+
+
+# --------------------------------------------------------------------------- data
+
+
+class TileDataset(Dataset):
+    """Tiles of a tile index read from per-slide Zarr stores, optionally augmented.
+
+    Items are ``(image uint8 (S, S, 3), mask uint8 (S, S))``. A key is a row number
+    of the index, or ``(row, seed)`` to augment with a per-sample seed. Stores are
+    opened lazily in each process (safe with data-loader workers).
+    """
+
+    def __init__(
+        self, index: pd.DataFrame, stores: dict[str, Path], augment: A.Compose | None = None
+    ) -> None:
+        missing_cols = [c for c in INDEX_COLUMNS if c not in index.columns]
+        if missing_cols:
+            raise DataError(None, f"tile index lacks column(s) {', '.join(missing_cols)}")
+        self.slides = index["slide"].astype(str).to_numpy()
+        self.tiles = index["tile"].to_numpy(dtype=np.int64)
+        self.augment = augment
+        self.paths: dict[str, Path] = {}
+        sizes = set()
+        for slide in dict.fromkeys(self.slides):
+            if slide not in stores:
+                raise DataError(None, f"tile index names slide {slide!r} but no tile store was given for it")
+            path = Path(stores[slide])
+            images, _ = open_tile_store(path)
+            rows = self.tiles[self.slides == slide]
+            if len(rows) and (rows.min() < 0 or rows.max() >= images.shape[0]):
+                raise DataError(
+                    path, f"tile index refers to tile {rows.max()} but the store has {images.shape[0]}"
+                )
+            if images.shape[-1] != 3:
+                raise DataError(path, f"tile store images have {images.shape[-1]} channels, expected 3 (RGB)")
+            sizes.add(tuple(images.shape[1:3]))
+            self.paths[slide] = path
+        if len(sizes) > 1:
+            raise DataError(None, f"tile stores have different tile sizes {sorted(sizes)}")
+        self.tile_shape: tuple[int, int] | None = sizes.pop() if sizes else None
+        self._arrays: dict[str, tuple[zarr.Array, zarr.Array]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_arrays"] = {}  # reopen in the worker
+        return state
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    def read(self, row: int) -> tuple[np.ndarray, np.ndarray]:
+        slide = self.slides[row]
+        if slide not in self._arrays:
+            self._arrays[slide] = open_tile_store(self.paths[slide])
+        images, masks = self._arrays[slide]
+        tile = int(self.tiles[row])
+        return np.asarray(images[tile]), np.asarray(masks[tile])
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        row, seed = key if isinstance(key, tuple) else (key, None)
+        image, mask = self.read(int(row))
+        if self.augment is not None:
+            if seed is not None:
+                seed_augment(self.augment, int(seed))
+            out = self.augment(image=image, mask=mask)
+            image, mask = out["image"], out["mask"]
+        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+
+
+class EpochSampler(Sampler):
+    """Yields ``(row, augmentation seed)``: a fresh permutation per epoch from (seed, epoch).
+
+    Lives in the main process, so ``set_epoch`` works with persistent workers too.
+    """
+
+    def __init__(self, n: int, seed: int, max_items: int | None = None) -> None:
+        self.n, self.seed = n, seed
+        self.max_items = n if max_items is None else min(n, max_items)
+        self.epoch = 1
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.max_items
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        order = rng.permutation(self.n)[: self.max_items]
+        seeds = rng.integers(0, 2**31 - 1, size=len(order))
+        return iter(zip(order.tolist(), seeds.tolist(), strict=True))
+
+
+def _worker_init(worker_id: int) -> None:
+    """Seed numpy / random in a worker from torch's per-worker seed.
+
+    (Augmentations are seeded per sample anyway.) Do not call cv2.setNumThreads
+    here: after the parent used OpenCV's thread pool it deadlocks in a forked child.
+    """
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def make_loader(
+    dataset: TileDataset,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    sampler: Sampler | None = None,
+    seed: int = 0,
+    drop_last: bool = False,
+) -> DataLoader:
+    """A DataLoader with pinned memory and persistent workers on CUDA, plain on CPU."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        prefetch_factor=2 if num_workers > 0 else None,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
+        generator=torch.Generator().manual_seed(seed),
+        drop_last=drop_last,
+    )
+
+
+# --------------------------------------------------------------------------- folds
+
+
+def assign_folds(slide_ids: list[str], folds: int, seed: int) -> dict[str, int]:
+    """Slide -> fold in ``0..folds-1``: a seeded shuffle dealt round-robin.
+
+    Folds are grouped by slide, so no slide is in both training and validation.
+    ``folds=1`` puts every slide in fold 0 (``train_fold`` then trains on all of
+    them without validation).
+    """
+    unique = sorted({str(s) for s in slide_ids})
+    if folds < 1:
+        raise ConfigError(None, f"train.folds: must be >= 1, got {folds}")
+    if folds > 1 and len(unique) < folds:
+        raise ConfigError(
+            None,
+            f"train.folds={folds} but only {len(unique)} training slide(s) "
+            f"({', '.join(unique) or 'none'}): folds are grouped by slide, "
+            f"use train.folds <= {max(1, len(unique))}",
+        )
+    order = np.random.default_rng(seed).permutation(len(unique))
+    return {unique[j]: i % folds for i, j in enumerate(order)}
+
+
+# --------------------------------------------------------------------------- loop helpers
+
+
+def _lr_factor(epoch_index: int, epochs: int) -> float:
+    """Cosine decay from 1 to 0.05 over ``epochs`` (``epoch_index`` 0-based)."""
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(epoch_index, epochs) / max(1, epochs)))
+
+
+@contextmanager
+def _determinism(device: torch.device) -> Iterator[None]:
+    """Deterministic algorithms on CPU; cuDNN autotuning on CUDA. Restores global flags."""
+    prev = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+    )
+    try:
+        if device.type == "cpu":
+            torch.use_deterministic_algorithms(True)
+        else:  # several CUDA kernels smp uses (upsampling backward) have no deterministic variant
+            torch.backends.cudnn.benchmark = True
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.benchmark = prev[2]
+
+
+def _amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    if device.type != "cuda" or not enabled:
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _rng_state() -> dict[str, Any]:
+    keys, pos, has_gauss, cached = np.random.get_state()[1:]
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    npst = state["numpy"]
+    np.random.set_state(("MT19937", npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _data_key(index: pd.DataFrame) -> str:
+    """Fingerprint of the training tiles (resume only continues on the same data)."""
+    pairs = sorted(zip(index["slide"].astype(str), index["tile"].astype(int), strict=True))
+    return hashlib.sha1(repr(pairs).encode()).hexdigest()
+
+
+def _resume_key(config: Config) -> dict[str, Any]:
+    """The part of the config a resumed run must share with the run that wrote last.pt."""
+    d = config.to_dict()
+    train = {k: v for k, v in d["train"].items() if k not in RESUMABLE_TRAIN_KEYS}
+    return {"model": d["model"], "train": train}
+
+
+def write_metrics(history: list[dict[str, float]], out_dir: Path) -> None:
+    """metrics.csv and curves.png, both atomic."""
+    frame = pd.DataFrame(history, columns=METRIC_COLUMNS)
+    with atomic_path(out_dir / "metrics.csv") as tmp:
+        frame.to_csv(tmp, index=False)
+    plot_curves(frame, out_dir / "curves.png")
+
+
+def plot_curves(frame: pd.DataFrame, out_png: Path) -> None:
+    """Loss (train, validation) and validation Dice per epoch (matplotlib Agg, atomic)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_loss, ax_dice = fig.subplots(1, 2)
+    ax_loss.plot(frame["epoch"], frame["train_loss"], "o-", label="train")
+    if frame["val_loss"].notna().any():
+        ax_loss.plot(frame["epoch"], frame["val_loss"], "o-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_loss.legend()
+    if frame["val_dice"].notna().any():
+        ax_dice.plot(frame["epoch"], frame["val_dice"], "o-", color="tab:green")
+        best = frame["val_dice"].idxmax()
+        ax_dice.axvline(frame["epoch"][best], color="grey", ls=":", label="best")
+        ax_dice.legend()
+    ax_dice.set(xlabel="epoch", ylabel="Dice", title="Validation Dice (t=0.5)", ylim=(0, 1))
+    for ax in (ax_loss, ax_dice):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+# --------------------------------------------------------------------------- train / evaluate
+
+
+class _Runner:
+    """Device placement, AMP and the normalisation shared by the train and eval steps."""
+
+    def __init__(self, model: nn.Module, config: Config, device: torch.device) -> None:
+        self.device = device
+        self.mean, self.std = config.model.mean, config.model.std
+        self.amp_dtype = _amp_dtype(device, config.train.amp)
+        self.channels_last = device.type == "cuda" and config.train.channels_last
+        self.model = model.to(device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    def batch(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = to_tensor(images, self.mean, self.std, device=self.device)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = masks.to(self.device, non_blocking=True).unsqueeze(1)
+        return x, y
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            return self.model(x)
+
+
+def train_one_epoch(runner: _Runner, loader: DataLoader, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                    scaler: torch.amp.GradScaler, desc: str) -> tuple[float, int]:
+    """Mean training loss (over batches with a finite loss) and the number of tiles seen.
+
+    Non-finite batch losses (fp16 overflow: GradScaler skips those steps) are left
+    out of the mean; if every batch is non-finite the mean is NaN.
+    """
+    runner.model.train()
+    total = torch.zeros((), dtype=torch.float64, device=runner.device)
+    finite = torch.zeros((), dtype=torch.int64, device=runner.device)
+    seen = 0
+    for images, masks in progress(loader, total=len(loader), desc=desc, logger=log):
+        loss = train_step(runner, images, masks, loss_fn, optimizer, scaler)
+        ok = torch.isfinite(loss)
+        total += torch.where(ok, loss.double(), 0.0) * len(images)
+        finite += ok.long() * len(images)
+        seen += len(images)
+    n_finite = int(finite.item())
+    if n_finite < seen:
+        log.warning("%s: %d of %d tiles gave a non-finite loss", desc, seen - n_finite, seen)
+    return (total.item() / n_finite if n_finite else math.nan), seen
+
+
+def train_step(runner: _Runner, images: torch.Tensor, masks: torch.Tensor, loss_fn: nn.Module,
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> torch.Tensor:
+    """One optimiser step on a uint8 batch; returns the detached loss (no device sync)."""
+    x, y = runner.batch(images, masks)
+    loss = loss_fn(runner.forward(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
+@torch.inference_mode()
+def evaluate(runner: _Runner, loader: DataLoader, loss_fn: nn.Module) -> tuple[float, float]:
+    """Mean loss and global Dice (all validation pixels pooled, threshold 0.5)."""
+    runner.model.eval()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=runner.device)
+    counts = torch.zeros(3, dtype=torch.int64, device=runner.device)  # intersection, pred, truth
+    n = 0
+    for images, masks in loader:
+        x, y = runner.batch(images, masks)
+        logits = runner.forward(x)
+        loss_sum += loss_fn(logits, y).double() * len(x)
+        pred, truth = logits > 0, y > 0  # sigmoid(z) > 0.5  <=>  z > 0
+        counts += torch.stack([(pred & truth).sum(), pred.sum(), truth.sum()])
+        n += len(x)
+    inter, psum, tsum = counts.tolist()
+    dice = 1.0 if psum + tsum == 0 else 2.0 * inter / (psum + tsum)
+    return (loss_sum.item() / n if n else math.nan), dice
+
+
+def _load_resume(last: Path, config: Config, data_key: str) -> dict[str, Any] | None:
+    if not last.is_file():
+        return None
+    try:
+        ckpt = read_checkpoint(last, "cpu")
+    except PipelineError as err:
+        log.warning("ignoring unreadable resume state: %s", err)
+        return None
+    from pipeline.config import config_from_dict
+
+    try:
+        same = _resume_key(config_from_dict(ckpt["config"])) == _resume_key(config)
+    except (ConfigError, KeyError, TypeError):
+        same = False
+    if not same or ckpt.get("data_key") != data_key or "optimizer" not in ckpt:
+        log.warning("%s was written with another config or other tiles: starting afresh", last)
+        return None
+    return ckpt
+
+
+def fit(
+    train_index: pd.DataFrame,
+    val_index: pd.DataFrame | None,
+    stores: dict[str, Path],
+    out_dir: str | Path,
+    config: Config,
+    extra_meta: dict[str, Any] | None = None,
+    desc: str = "train",
+) -> pd.DataFrame:
+    """Train on ``train_index``, validate on ``val_index`` (may be empty); returns metrics.
+
+    Resumes from ``out_dir/last.pt`` when it was written with the same model/train
+    config (``epochs``, ``patience``, ``num_workers``, ``device`` may differ) and the
+    same training tiles. Without validation tiles, ``model.pt`` is the last epoch and
+    there is no early stopping. ``patience <= 0`` disables early stopping.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tcfg = config.train
+    check_loss_schedule(tcfg)
+    if tcfg.epochs < 1 or tcfg.batch_size < 1:
+        raise ConfigError(
+            None, f"train.epochs and train.batch_size must be >= 1 (got {tcfg.epochs}, {tcfg.batch_size})"
+        )
+    if len(train_index) == 0:
+        raise DataError(None, "no training tiles")
+    val_index = val_index if val_index is not None else train_index.iloc[:0]
+    device = select_device(tcfg.device)
+    data_key = _data_key(train_index)
+    meta = {"data_key": data_key, **(extra_meta or {})}
+
+    train_ds = TileDataset(train_index, stores, build_augment(tcfg.augment))
+    val_ds = TileDataset(val_index, stores) if len(val_index) else None
+    sampler = EpochSampler(len(train_ds), tcfg.seed, tcfg.max_tiles_per_epoch)
+    train_loader = make_loader(train_ds, tcfg.batch_size, tcfg.num_workers, device, sampler, tcfg.seed,
+                               drop_last=len(sampler) > tcfg.batch_size)
+    val_loader = make_loader(val_ds, tcfg.batch_size, tcfg.num_workers, device) if val_ds else None
+
+    with _determinism(device):
+        _seed_everything(tcfg.seed)
+        runner = _Runner(build_model(config.model), config, device)
+        model = runner.model
+        optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: _lr_factor(e, tcfg.epochs))
+        scaler = torch.amp.GradScaler("cuda", enabled=runner.amp_dtype == torch.float16)
+        losses = {False: build_loss(tcfg).to(device)}
+        if tcfg.loss_finetune is not None:
+            losses[True] = build_loss(tcfg, finetune=True).to(device)
+
+        start, history = 0, []
+        best = {"dice": -math.inf, "epoch": 0, "bad_epochs": 0}
+        ckpt = _load_resume(out_dir / "last.pt", config, data_key)
+        if ckpt is not None:
+            model.load_state_dict(ckpt["state_dict"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            if "scaler" in ckpt and scaler.is_enabled():
+                scaler.load_state_dict(ckpt["scaler"])
+            _set_rng_state(ckpt["rng"])
+            start, history, best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
+            for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
+                group["lr"] = base_lr * _lr_factor(start, tcfg.epochs)  # train.epochs may have changed
+            log.info("resuming %s from %s at epoch %d", desc, out_dir / "last.pt", start)
+        log.info("%s: %d training tiles, %d validation tiles, %s %s on %s%s", desc, len(train_ds),
+                 len(val_index), config.model.arch, config.model.encoder, device,
+                 f" ({runner.amp_dtype})" if runner.amp_dtype else "")
+
+        has_val = val_loader is not None
+        for epoch in range(start + 1, tcfg.epochs + 1):
+            if has_val and tcfg.patience > 0 and best["bad_epochs"] >= tcfg.patience:
+                break
+            t0 = time.perf_counter()
+            sampler.set_epoch(epoch)
+            loss_fn = losses[uses_finetune(tcfg, epoch)]
+            lr = optimizer.param_groups[0]["lr"]
+            train_loss, seen = train_one_epoch(runner, train_loader, loss_fn, optimizer, scaler,
+                                               f"{desc} epoch {epoch}/{tcfg.epochs}")
+            train_seconds = time.perf_counter() - t0
+            if not math.isfinite(train_loss):
+                raise PipelineError(out_dir, f"training diverged at epoch {epoch} (loss {train_loss}): "
+                                             "lower train.lr or check the tiles")
+            val_loss, val_dice = evaluate(runner, val_loader, loss_fn) if has_val else (math.nan, math.nan)
+            scheduler.step()
+            row = {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "val_dice": val_dice,
+                   "lr": lr, "seconds": time.perf_counter() - t0,
+                   "tiles_per_s": seen / train_seconds if train_seconds > 0 else math.nan}
+            history.append(row)
+            if not has_val or val_dice > best["dice"]:
+                best = {"dice": val_dice if has_val else math.nan, "epoch": epoch, "bad_epochs": 0}
+                save_checkpoint(out_dir / "model.pt", model, config, epoch, row, extra=meta)
+            else:
+                best["bad_epochs"] += 1
+            write_metrics(history, out_dir)
+            save_checkpoint(out_dir / "last.pt", model, config, epoch, row, extra={
+                **meta, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": _rng_state(), "history": history, "best": best})
+            log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_dice %.4f lr %.2e %.1fs %.1f tiles/s",
+                     desc, epoch, tcfg.epochs, train_loss, val_loss, val_dice, lr, row["seconds"],
+                     row["tiles_per_s"])
+            if has_val and tcfg.patience > 0 and best["bad_epochs"] >= tcfg.patience:
+                log.info("%s: early stop after epoch %d (best Dice %.4f at epoch %d)", desc, epoch,
+                         best["dice"], best["epoch"])
+                break
+    if history:
+        write_metrics(history, out_dir)
+    return pd.DataFrame(history, columns=METRIC_COLUMNS)
+
+
+def train_fold(
+    tile_index: pd.DataFrame, stores: dict[str, Path], fold: int, out_dir: str | Path, config: Config
+) -> pd.DataFrame:
+    """Train fold ``fold``: its slides validate, the other slides train. Returns metrics.
+
+    Writes ``out_dir/model.pt`` (best validation Dice), ``last.pt``, ``metrics.csv``,
+    ``curves.png``. With ``train.folds == 1`` every slide trains and none validates.
+    """
+    if "slide" not in tile_index.columns:
+        raise DataError(None, "tile index lacks column 'slide'")
+    folds = config.train.folds
+    assignment = assign_folds(tile_index["slide"].astype(str).tolist(), folds, config.train.seed)
+    if not 0 <= fold < folds:
+        raise ConfigError(None, f"fold {fold} out of range for train.folds={folds}")
+    slides = tile_index["slide"].astype(str)
+    if folds == 1:
+        log.warning("train.folds=1: training on every slide without validation")
+        val_slides: list[str] = []
+    else:
+        val_slides = sorted(s for s, f in assignment.items() if f == fold)
+    is_val = slides.isin(val_slides)
+    log.info("fold %d/%d: validation slides %s", fold, folds, ", ".join(val_slides) or "none")
+    meta = {"fold": int(fold), "val_slides": val_slides,
+            "train_slides": sorted(s for s in assignment if s not in val_slides)}
+    return fit(tile_index[~is_val], tile_index[is_val], stores, out_dir, config, extra_meta=meta,
+               desc=f"fold {fold}")
+
+
+def run_train(
+    tile_index: pd.DataFrame, stores: dict[str, Path], fold: int, out_dir: str | Path, config: Config
+) -> None:
+    """Stage entry point (``python -m pipeline train``): one fold on the kept tiles."""
+    train_fold(tile_index, stores, fold, out_dir, config)
+
+
+def with_epochs(config: Config, epochs: int) -> Config:
+    """``config`` with ``train.epochs`` replaced (the filter's quick model)."""
+    return dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=epochs))

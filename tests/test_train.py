@@ -1,0 +1,270 @@
+"""Training loop on small synthetic Zarr tile stores: learning, checkpoints, resume, seeds, folds.
+
+Stores are made here the way pipeline/tiles.py writes them (Zarr v3 group, arrays
+"images" (N, S, S, 3) and "masks" (N, S, S), one tile per chunk): dark discs on
+pink noise (positives, mask = discs), pink noise alone, and white glass.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import zarr
+
+from pipeline.augment import build_augment, seed_augment, to_tensor
+from pipeline.config import AugmentConfig, Config, load_config
+from pipeline.errors import ConfigError, DataError
+from pipeline.models import build_model, load_model
+from pipeline.train import (
+    METRIC_COLUMNS,
+    TileDataset,
+    _Runner,
+    assign_folds,
+    evaluate,
+    make_loader,
+    train_fold,
+    train_one_epoch,
+)
+
+ENCODER = "tu-mobilenetv3_small_050"  # tiny timm encoder: fast on 2 shared CPU cores
+
+
+def make_tile_stores(root: Path, n_slides: int = 3, n_pos: int = 8, n_tissue: int = 4, n_glass: int = 4,
+                     size: int = 64, seed: int = 0) -> tuple[pd.DataFrame, dict[str, Path]]:
+    """One Zarr tile store per slide + the tile index (slide, tile, y0, x0, tissue, positive)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    stores, rows = {}, []
+    for s in range(n_slides):
+        slide = f"slide{s}"
+        n = n_pos + n_tissue + n_glass
+        images = np.empty((n, size, size, 3), np.uint8)
+        masks = np.zeros((n, size, size), np.uint8)
+        for i in range(n):
+            glass = i >= n_pos + n_tissue
+            base, noise = ([245, 244, 246], 3) if glass else ([225, 150, 190], 18)
+            img = np.array(base, float) + rng.normal(0, noise, (size, size, 3))
+            if i < n_pos:
+                for _ in range(rng.integers(1, 3)):
+                    r = rng.uniform(size * 0.12, size * 0.22)
+                    cy, cx = rng.uniform(r, size - r, 2)
+                    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+                    img[disc] = np.array([110, 40, 120]) + rng.normal(0, 12, (disc.sum(), 3))
+                    masks[i][disc] = 1
+            images[i] = np.clip(img, 0, 255).astype(np.uint8)
+        path = root / f"{slide}.zarr"
+        group = zarr.open_group(str(path), mode="w")
+        group.create_array("images", data=images, chunks=(1, size, size, 3))
+        group.create_array("masks", data=masks, chunks=(1, size, size))
+        stores[slide] = path
+        rows += [{"slide": slide, "tile": i, "y0": i * 3 * size, "x0": 0, "tissue": 0.0 if i >= n_pos + n_tissue
+                  else 1.0, "positive": float(masks[i].mean())} for i in range(n)]
+    return pd.DataFrame(rows), stores
+
+
+def small_config(**train) -> Config:
+    return load_config(overrides={
+        "model": {"arch": "Unet", "encoder": ENCODER},
+        "train": {"epochs": 3, "batch_size": 4, "lr": 3e-3, "folds": 3, "patience": 0, "device": "cpu",
+                  "seed": 7, **train},
+    })
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """The CI cores are shared: one intra-op thread avoids OpenMP oversubscription stalls."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple[pd.DataFrame, dict[str, Path]]:
+    return make_tile_stores(tmp_path_factory.mktemp("stores"))
+
+
+# --------------------------------------------------------------------------- folds, augment, dataset
+
+
+def test_assign_folds_grouped_by_slide_and_seeded() -> None:
+    ids = ["b", "a", "c", "a", "d", "e", "b"]
+    folds = assign_folds(ids, 2, seed=1)
+    assert sorted(folds) == ["a", "b", "c", "d", "e"]  # one fold per slide, never split
+    assert sorted(np.bincount(list(folds.values())).tolist()) == [2, 3]
+    assert assign_folds(list(reversed(ids)), 2, seed=1) == folds  # order of input does not matter
+    assert any(assign_folds(ids, 2, seed=s) != folds for s in range(2, 10))
+    assert set(assign_folds(ids, 1, seed=0).values()) == {0}
+    with pytest.raises(ConfigError, match="train.folds=4 but only 2 training slide"):
+        assign_folds(["x", "y", "x"], 4, seed=0)
+
+
+def test_to_tensor_normalises_per_channel() -> None:
+    images = np.zeros((2, 4, 5, 3), np.uint8)
+    images[..., 0], images[..., 1], images[..., 2] = 255, 51, 0
+    x = to_tensor(images, mean=(0.5, 0.2, 0.1), std=(0.5, 0.1, 0.2))
+    assert x.shape == (2, 3, 4, 5) and x.dtype == torch.float32 and x.is_contiguous()
+    assert torch.allclose(x[:, 0], torch.tensor(1.0)) and torch.allclose(x[:, 1], torch.tensor(0.0), atol=1e-6)
+    assert torch.allclose(x[:, 2], torch.tensor(-0.5))
+    assert to_tensor(images[0], (0, 0, 0), (1, 1, 1)).shape == (1, 3, 4, 5)  # one HWC image
+
+
+def test_augment_moves_mask_with_image_and_is_seeded() -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    mask = np.zeros((32, 32), np.uint8)
+    mask[2:10, 3:20] = 1
+    image[mask == 1] = 0  # the mask is where the image is black
+    geometric = build_augment(AugmentConfig(flip=0.5, rot90=1.0, shift_scale_rotate=0, color=0, noise=0, blur=0))
+    full = build_augment(AugmentConfig(clahe=0.5))
+    for seed in range(6):
+        seed_augment(geometric, seed)
+        out = geometric(image=image, mask=mask)
+        assert out["mask"].dtype == np.uint8 and out["mask"].sum() == mask.sum()
+        assert (out["image"][out["mask"] == 1] == 0).all()  # moved together
+        seed_augment(full, seed)
+        a = full(image=image, mask=mask)["image"]
+        seed_augment(full, seed)
+        assert np.array_equal(a, full(image=image, mask=mask)["image"])  # same seed, same result
+    assert len(build_augment(AugmentConfig(0, 0, 0, 0, 0, 0, 0)).transforms) == 0
+
+
+def test_dataset_reads_tiles_and_checks_stores(data, tmp_path) -> None:
+    index, stores = data
+    ds = TileDataset(index, stores)
+    assert ds.tile_shape == (64, 64) and len(ds) == len(index)  # tile size read from the store
+    image, mask = ds[3]
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and mask.shape == (64, 64)
+    assert mask.mean() == pytest.approx(index["positive"].iloc[3])
+    with pytest.raises(DataError, match="no tile store was given"):
+        TileDataset(index, {"slide0": stores["slide0"]})
+    bad = index.copy()
+    bad.loc[0, "tile"] = 999
+    with pytest.raises(DataError, match="slide0.zarr: tile index refers to tile 999"):
+        TileDataset(bad, stores)
+    with pytest.raises(DataError, match="missing.zarr: tile store not found"):
+        TileDataset(index.iloc[:1], {"slide0": tmp_path / "missing.zarr"})
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _val_dice(model: torch.nn.Module, index: pd.DataFrame, stores, config: Config) -> float:
+    runner = _Runner(model, config, torch.device("cpu"))
+    loader = make_loader(TileDataset(index, stores), 8, 0, torch.device("cpu"))
+    from pipeline.losses import build_loss
+
+    return evaluate(runner, loader, build_loss(config.train))[1]
+
+
+def test_training_learns_and_writes_outputs(data, tmp_path) -> None:
+    index, stores = data
+    config = small_config(epochs=3)
+    out = tmp_path / "fold0"
+    metrics = train_fold(index, stores, 0, out, config)
+
+    val_slides = [s for s, f in assign_folds(index["slide"].tolist(), 3, config.train.seed).items() if f == 0]
+    val = index[index["slide"].isin(val_slides)]
+    torch.manual_seed(0)
+    untrained = _val_dice(build_model(config.model), val, stores, config)
+    best = metrics["val_dice"].max()
+    print(f"validation Dice: trained {best:.3f}, untrained {untrained:.3f}")
+    assert best > 0.6 and best > untrained + 0.3, (best, untrained)
+
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "last.pt", "metrics.csv", "model.pt"]
+    table = pd.read_csv(out / "metrics.csv")
+    assert list(table.columns) == METRIC_COLUMNS and table["epoch"].tolist() == [1, 2, 3]
+    assert (table["tiles_per_s"] > 0).all() and table["train_loss"].iloc[-1] < table["train_loss"].iloc[0]
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["epoch"] == int(table.loc[table["val_dice"].idxmax(), "epoch"])  # best, not last
+    assert ckpt["val_slides"] == val_slides and ckpt["config"] == config.to_dict()
+    model, meta = load_model(out / "model.pt", "cpu")
+    assert _val_dice(model, val, stores, config) == pytest.approx(best, abs=1e-6)
+
+
+def test_same_seed_same_metrics_and_exact_resume(data, tmp_path, caplog, monkeypatch) -> None:
+    index, stores = data
+    index = index[index["slide"] != "slide2"].groupby("slide").head(6)  # 2 slides x 6 tiles: quicker
+    config = small_config(epochs=3, folds=2)
+    straight = train_fold(index, stores, 1, tmp_path / "a", config)
+
+    real_epoch = train_one_epoch
+
+    def killed_in_epoch_3(*args):
+        if "epoch 3/" in args[-1]:
+            raise KeyboardInterrupt  # the job is killed during epoch 3
+        return real_epoch(*args)
+
+    monkeypatch.setattr("pipeline.train.train_one_epoch", killed_in_epoch_3)
+    with pytest.raises(KeyboardInterrupt):
+        train_fold(index, stores, 1, tmp_path / "b", config)
+    monkeypatch.undo()
+    before = pd.read_csv(tmp_path / "b" / "metrics.csv")
+    cols = ["train_loss", "val_loss", "val_dice", "lr"]
+    pd.testing.assert_frame_equal(before[cols], straight[cols].iloc[:2], check_exact=True)  # same seed
+
+    caplog.set_level(logging.INFO, logger="pipeline.train")
+    resumed = train_fold(index, stores, 1, tmp_path / "b", config)
+    assert "resuming fold 1 from" in caplog.text and "at epoch 2" in caplog.text
+    assert "epoch 1/3" not in caplog.text and "epoch 3/3" in caplog.text  # only epoch 3 ran
+    pd.testing.assert_frame_equal(resumed[cols], straight[cols], check_exact=True)  # exact continuation
+    after = pd.read_csv(tmp_path / "b" / "metrics.csv")
+    pd.testing.assert_frame_equal(after.iloc[:2], before)  # incl. seconds: not re-run
+
+
+def test_resume_with_more_epochs(data, tmp_path, caplog) -> None:
+    index, stores = data
+    index = index[index["slide"] != "slide2"].groupby("slide").head(6)
+    train_fold(index, stores, 1, tmp_path, small_config(epochs=2, folds=2))
+    before = pd.read_csv(tmp_path / "metrics.csv")
+
+    caplog.set_level(logging.INFO, logger="pipeline.train")
+    more = train_fold(index, stores, 1, tmp_path, small_config(epochs=3, folds=2))
+    assert "at epoch 2" in caplog.text and "epoch 1/3" not in caplog.text and "epoch 3/3" in caplog.text
+    after = pd.read_csv(tmp_path / "metrics.csv")
+    assert after["epoch"].tolist() == [1, 2, 3] and more["epoch"].tolist() == [1, 2, 3]
+    pd.testing.assert_frame_equal(after.iloc[:2], before)
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["epoch"] == 3
+
+    # a finished run does nothing; another config starts afresh
+    caplog.clear()
+    assert len(train_fold(index, stores, 1, tmp_path, small_config(epochs=3, folds=2))) == 3
+    assert "epoch 3/3:" not in caplog.text
+    fresh = train_fold(index, stores, 1, tmp_path, small_config(epochs=1, folds=2, lr=1e-3))
+    assert fresh["epoch"].tolist() == [1] and "starting afresh" in caplog.text
+
+
+def test_data_loader_workers_give_the_same_result(data, tmp_path) -> None:
+    """Per-sample augmentation seeds: worker processes change nothing (and do not deadlock)."""
+    index, stores = data
+    index = index[index["slide"] != "slide2"].groupby("slide").head(5)
+    runs = [train_fold(index, stores, 0, tmp_path / str(n), small_config(epochs=1, folds=2, num_workers=n))
+            for n in (0, 2)]
+    cols = ["train_loss", "val_loss", "val_dice"]
+    pd.testing.assert_frame_equal(runs[0][cols], runs[1][cols], check_exact=True)
+
+
+def test_early_stopping(data, tmp_path, monkeypatch) -> None:
+    index, stores = data
+    index = index[index["slide"] != "slide2"].groupby("slide").head(4)
+    monkeypatch.setattr("pipeline.train.evaluate", lambda *a: (1.0, 0.5))  # Dice never improves
+    metrics = train_fold(index, stores, 0, tmp_path, small_config(epochs=6, folds=2, patience=2))
+    assert metrics["epoch"].tolist() == [1, 2, 3]
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 1
+
+
+def test_fold_errors(data, tmp_path) -> None:
+    index, stores = data
+    with pytest.raises(ConfigError, match="fold 3 out of range"):
+        train_fold(index, stores, 3, tmp_path, small_config())
+    with pytest.raises(ConfigError, match="train.folds=5 but only 3"):
+        train_fold(index, stores, 0, tmp_path, small_config(folds=5))
+    with pytest.raises(ConfigError, match="unknown loss"):
+        train_fold(index, stores, 0, tmp_path, small_config(loss={"dcie": 1.0}))
