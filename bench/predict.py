@@ -37,6 +37,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from baselines import rle_encode_less_memory  # noqa: E402  (the notebooks' encoder)
 
 GB = 1024**3
 NOTEBOOK_BYTES_PER_PX = 11.0  # preds + counts (8 B) + bool mask, transposed copy, comparison temp
@@ -108,16 +111,6 @@ def build_model(kind: str):
 
         model = smp.Unet("resnet18", encoder_weights=None, in_channels=3, classes=1)
     return model.eval()
-
-
-def rle_encode_less_memory(img: np.ndarray) -> str:
-    """The HuBMAP notebooks' encoder (column-major, 1-indexed)."""
-    pixels = img.T.flatten()
-    pixels[0] = 0
-    pixels[-1] = 0
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 2
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
 
 
 # ---------------------------------------------------------------- workers (one process each)

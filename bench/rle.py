@@ -37,29 +37,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-
-# ----------------------------------------------------------------- the baselines, as copied on Kaggle
-
-
-def rle_encode(img: np.ndarray) -> str:
-    """The classic formula (correct, but int64 padding makes it ~8 bytes per pixel)."""
-    pixels = img.T.flatten()
-    pixels = np.concatenate([[0], pixels, [0]])
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
-
-
-def rle_encode_less_memory(img: np.ndarray) -> str:
-    """The widely copied low-memory variant (drops objects touching the first/last pixel)."""
-    pixels = img.T.flatten()
-    pixels[0] = 0
-    pixels[-1] = 0
-    runs = np.where(pixels[1:] != pixels[:-1])[0] + 2
-    runs[1::2] -= runs[::2]
-    return " ".join(str(x) for x in runs)
-
+from baselines import rle_encode, rle_encode_less_memory  # noqa: E402  (the Kaggle formulas)
 
 # ----------------------------------------------------------------- data
 

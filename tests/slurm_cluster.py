@@ -54,7 +54,7 @@ def _memory_mb() -> int:
 
 
 def start_cluster() -> str:
-    """Start munged, slurmctld and slurmd; return the node name. Idempotent."""
+    """Start munged and a fresh slurmctld and slurmd; return the node name."""
     host = socket.gethostname()
     if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
         if not MUNGE_KEY.exists():
@@ -95,15 +95,18 @@ def start_cluster() -> str:
             ]
         )
     )
-    if subprocess.run(["pgrep", "-x", "slurmctld"], capture_output=True).returncode != 0:
-        _run("slurmctld")
-    if subprocess.run(["pgrep", "-x", "slurmd"], capture_output=True).returncode != 0:
-        _run("slurmd")
+    stop_cluster()  # daemons left from an earlier run would keep their old slurm.conf
+    _run("slurmctld")
+    _run("slurmd")
     _wait_for(lambda: _node_idle(host), f"node {host}")
     return host
 
 
 def stop_cluster() -> None:
-    """Stop the SLURM daemons (munged stays: harmless, and other tests may share it)."""
+    """Stop the SLURM daemons and wait until they are gone (munged stays: it is harmless)."""
     for daemon in ("slurmd", "slurmctld"):
         subprocess.run(["pkill", "-x", daemon], capture_output=True)
+    _wait_for(
+        lambda: subprocess.run(["pgrep", "-x", "slurmctld|slurmd"], capture_output=True).returncode != 0,
+        "shutdown of slurmctld/slurmd",
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from pipeline.rle import parse
 from pipeline.synthetic import write_synthetic_slide
@@ -82,7 +83,10 @@ def test_nightly_run_processes_only_the_new_slide(first_run, tmp_path: Path) -> 
 
 def test_changed_model_settings_retrain(first_run, tmp_path: Path) -> None:
     workdir = _copy(first_run[0], tmp_path / "retrain")
-    result = snakemake(workdir, "--dry-run", "--config", "train={'epochs': 3}")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config["train"]["epochs"] = 3
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "--dry-run")
     ran = jobs_run(result.stdout + result.stderr)
     assert ran["train"] == 2 and ran["predict"] == 1
     assert "tiles" not in ran and "tissue" not in ran

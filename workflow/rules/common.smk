@@ -22,18 +22,14 @@ SLIDES = {slide.id: slide for slide in discover_slides(DATA)}
 TRAIN_IDS = sorted(i for i, s in SLIDES.items() if s.split == "train")
 TEST_IDS = sorted(i for i, s in SLIDES.items() if s.split == "test")
 FOLDS = list(range(config["train"]["folds"]))
+# Only the slides found, so tiles/index.csv is never read as a slide called "index".
+SLIDE_ID_PATTERN = "|".join(re.escape(i) for i in SLIDES) or "(?!)"
 LOGS = RESULTS / "logs"
 BENCHMARKS = RESULTS / "benchmarks"
 
 
-wildcard_constraints:
-    # Only the slides found, so tiles/index.csv is never read as a slide called "index".
-    id="|".join(re.escape(i) for i in SLIDES) or "(?!)",
-    fold=r"\d+",
-
-
 def settings(*sections):
-    """The config sections a rule uses, as JSON: a rule reruns when (only) these change."""
+    """The config sections a job uses, as JSON, so that it reruns when (only) these change."""
     return json.dumps({name: config[name] for name in sections}, sort_keys=True)
 
 
@@ -65,7 +61,7 @@ def has_test_truth():
 
 
 def all_outputs():
-    """What `rule all` asks for: every stage's final products that the data allow."""
+    """The targets of the default job: every stage's final products that the data allow."""
     outputs = [RESULTS / "slides.csv"]
     if TRAIN_IDS:
         outputs += [RESULTS / "truth" / "check.csv", RESULTS / "filter" / "kept.csv"]

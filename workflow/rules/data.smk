@@ -10,6 +10,8 @@ rule slide_sheet:
         LOGS / "slide_sheet" / "slide_sheet.log",
     benchmark:
         BENCHMARKS / "slide_sheet" / "slide_sheet.tsv"
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=1000,
         runtime=10,
@@ -36,6 +38,8 @@ rule truth_check:
         LOGS / "truth_check" / "truth_check.log",
     benchmark:
         BENCHMARKS / "truth_check" / "truth_check.tsv"
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=2000,
         runtime=30,

@@ -12,6 +12,8 @@ rule filter:
         LOGS / "filter" / "filter.log",
     benchmark:
         BENCHMARKS / "filter" / "filter.tsv"
+    conda:
+        "../../environment.yml"
     threads: workflow.cores
     resources:
         mem_mb=8000,

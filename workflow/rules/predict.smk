@@ -12,6 +12,8 @@ rule predict:
         LOGS / "predict" / "{id}.log",
     benchmark:
         BENCHMARKS / "predict" / "{id}.tsv"
+    conda:
+        "../../environment.yml"
     threads: workflow.cores
     resources:
         mem_mb=6000,
@@ -40,6 +42,8 @@ rule encode:
         LOGS / "encode" / "{id}.log",
     benchmark:
         BENCHMARKS / "encode" / "{id}.tsv"
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=3000,
         runtime=30,

@@ -11,6 +11,8 @@ rule submit:
         LOGS / "submit" / "submit.log",
     benchmark:
         BENCHMARKS / "submit" / "submit.tsv"
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=2000,
         runtime=10,
@@ -38,6 +40,8 @@ rule evaluate:
         LOGS / "evaluate" / "evaluate.log",
     benchmark:
         BENCHMARKS / "evaluate" / "evaluate.tsv"
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=2000,
         runtime=10,

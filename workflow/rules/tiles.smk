@@ -13,6 +13,8 @@ rule tiles:
         LOGS / "tiles" / "{id}.log",
     benchmark:
         BENCHMARKS / "tiles" / "{id}.tsv"
+    conda:
+        "../../environment.yml"
     threads: config["tiles"]["workers"]
     resources:
         mem_mb=4000,
@@ -36,6 +38,8 @@ rule tile_index:
         LOGS / "tile_index" / "tile_index.log",
     benchmark:
         BENCHMARKS / "tile_index" / "tile_index.tsv"
+    conda:
+        "../../environment.yml"
     resources:
         mem_mb=1000,
         runtime=10,

@@ -11,6 +11,8 @@ rule tissue:
         LOGS / "tissue" / "{id}.log",
     benchmark:
         BENCHMARKS / "tissue" / "{id}.tsv"
+    conda:
+        "../../environment.yml"
     threads: 1
     resources:
         mem_mb=2000,

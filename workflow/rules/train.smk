@@ -18,6 +18,8 @@ rule train:
         LOGS / "train" / "fold{fold}.log",
     benchmark:
         BENCHMARKS / "train" / "fold{fold}.tsv"
+    conda:
+        "../../environment.yml"
     threads: workflow.cores
     resources:
         mem_mb=16000,
