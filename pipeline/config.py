@@ -88,8 +88,8 @@ class TrainConfig:
     lr: float = 3e-4  # AdamW learning rate (cosine decay over the epochs)
     weight_decay: float = 1e-4  # AdamW weight decay
     loss: dict[str, float] = field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})  # name -> weight: bce, weighted_bce, dice, focal, lovasz
-    loss_finetune: dict[str, float] | None = None  # e.g. {dice: 1.0}: replaces `loss` from ...
-    finetune_from_epoch: int | None = None  # ... this 1-based epoch on ("BCE first, Dice to fine-tune")
+    loss_finetune: dict[str, float] | None = None  # loss terms replacing `loss` from finetune_from_epoch on
+    finetune_from_epoch: int | None = None  # 1-based epoch from which loss_finetune applies (BCE first, then Dice)
     pos_weight: float = 1.0  # positive-class weight for "weighted_bce"
     focal_gamma: float = 2.0  # focusing parameter of the focal loss
     patience: int = 5  # early stopping on validation Dice

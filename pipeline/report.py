@@ -68,6 +68,9 @@ def plot_curves(metrics_csv: str | os.PathLike[str], out_png: str | os.PathLike[
             ax.text(0.5, 0.5, f"no {title} column", ha="center", va="center", transform=ax.transAxes)
     if dice_cols:
         axes[1].set_ylim(0, 1)
+    if "val_dice" in df.columns and df["val_dice"].notna().any():
+        axes[1].axvline(x[df["val_dice"].idxmax()], color="grey", ls=":", label="best (kept)")
+        axes[1].legend()
     _save_figure(fig, out_png)
     plt.close(fig)
 

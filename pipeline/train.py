@@ -37,6 +37,7 @@ from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.losses import build_loss, check_loss_schedule, uses_finetune
 from pipeline.models import build_model, read_checkpoint, save_checkpoint, select_device
 from pipeline.progress import get_logger, progress
+from pipeline.report import plot_curves
 from pipeline.tiles import open_tile_store
 
 log = get_logger(__name__)
@@ -278,33 +279,7 @@ def write_metrics(history: list[dict[str, float]], out_dir: Path) -> None:
     frame = pd.DataFrame(history, columns=METRIC_COLUMNS)
     with atomic_path(out_dir / "metrics.csv") as tmp:
         frame.to_csv(tmp, index=False)
-    plot_curves(frame, out_dir / "curves.png")
-
-
-def plot_curves(frame: pd.DataFrame, out_png: Path) -> None:
-    """Loss (train, validation) and validation Dice per epoch (matplotlib Agg, atomic)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(9, 3.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax_loss, ax_dice = fig.subplots(1, 2)
-    ax_loss.plot(frame["epoch"], frame["train_loss"], "o-", label="train")
-    if frame["val_loss"].notna().any():
-        ax_loss.plot(frame["epoch"], frame["val_loss"], "o-", label="validation")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_loss.legend()
-    if frame["val_dice"].notna().any():
-        ax_dice.plot(frame["epoch"], frame["val_dice"], "o-", color="tab:green")
-        best = frame["val_dice"].idxmax()
-        ax_dice.axvline(frame["epoch"][best], color="grey", ls=":", label="best")
-        ax_dice.legend()
-    ax_dice.set(xlabel="epoch", ylabel="Dice", title="Validation Dice (t=0.5)", ylim=(0, 1))
-    for ax in (ax_loss, ax_dice):
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, format="png")
+    plot_curves(out_dir / "metrics.csv", out_dir / "curves.png")
 
 
 # --------------------------------------------------------------------------- train / evaluate
