@@ -9,68 +9,31 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import zarr
 from torch import nn
 
 from pipeline.config import Config, FilterConfig, load_config
 from pipeline.errors import ConfigError
 from pipeline.filtering import SCORE_COLUMNS, run_filter, score_tiles, select_kept, trivial_mask
+from tests.tile_stores import ENCODER, make_tile_stores
 
-ENCODER = "tu-mobilenetv3_small_050"
-
-
-def make_tile_stores(root: Path, n_slides: int = 2, n_pos: int = 6, n_tissue: int = 3, n_glass: int = 3,
-                     size: int = 64, seed: int = 1) -> tuple[pd.DataFrame, dict[str, Path]]:
-    """Zarr tile stores as pipeline/tiles.py writes them: discs on pink noise, pink noise, glass."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    stores, rows = {}, []
-    for s in range(n_slides):
-        slide = f"s{s}"
-        n = n_pos + n_tissue + n_glass
-        images = np.empty((n, size, size, 3), np.uint8)
-        masks = np.zeros((n, size, size), np.uint8)
-        for i in range(n):
-            glass = i >= n_pos + n_tissue
-            base, noise = ([245, 244, 246], 3) if glass else ([225, 150, 190], 18)
-            img = np.array(base, float) + rng.normal(0, noise, (size, size, 3))
-            if i < n_pos:
-                r = rng.uniform(size * 0.12, size * 0.22)
-                cy, cx = rng.uniform(r, size - r, 2)
-                disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-                img[disc] = np.array([110, 40, 120]) + rng.normal(0, 12, (disc.sum(), 3))
-                masks[i][disc] = 1
-            images[i] = np.clip(img, 0, 255).astype(np.uint8)
-        path = root / f"{slide}.zarr"
-        group = zarr.open_group(str(path), mode="w")
-        group.create_array("images", data=images, chunks=(1, size, size, 3))
-        group.create_array("masks", data=masks, chunks=(1, size, size))
-        stores[slide] = path
-        rows += [{"slide": slide, "tile": i, "y0": 100 * i, "x0": 7, "tissue": 0.0 if i >= n_pos + n_tissue
-                  else 1.0, "positive": float(masks[i].mean())} for i in range(n)]
-    return pd.DataFrame(rows), stores
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def small_config(**filter_cfg) -> Config:
-    return load_config(overrides={
-        "model": {"arch": "Unet", "encoder": ENCODER},
-        "train": {"epochs": 50, "batch_size": 4, "lr": 3e-3, "device": "cpu", "seed": 3},
-        "filter": {"epochs": 4, **filter_cfg},
-    })
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The CI cores are shared: one intra-op thread avoids OpenMP oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return load_config(
+        overrides={
+            "model": {"arch": "Unet", "encoder": ENCODER},
+            "train": {"epochs": 50, "batch_size": 4, "lr": 3e-3, "device": "cpu", "seed": 3},
+            "filter": {"epochs": 4, **filter_cfg},
+        }
+    )
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[pd.DataFrame, dict[str, Path]]:
-    return make_tile_stores(tmp_path_factory.mktemp("stores"))
+    return make_tile_stores(
+        tmp_path_factory.mktemp("stores"), n_slides=2, n_pos=6, n_tissue=3, n_glass=3, seed=1, max_discs=1
+    )
 
 
 class AllNegative(nn.Module):

@@ -9,20 +9,17 @@ from pipeline.config import Config, ModelConfig, load_config
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.models import build_model, load_model, read_checkpoint, save_checkpoint, select_device
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The CI cores are shared: one intra-op thread avoids OpenMP oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 @pytest.mark.parametrize(
     ("arch", "encoder"),
-    [("Unet", "efficientnet-b0"), ("FPN", "resnet18"), ("UnetPlusPlus", "resnet18"),
-     ("unet", "tu-mobilenetv3_small_050")],
+    [
+        ("Unet", "efficientnet-b0"),
+        ("FPN", "resnet18"),
+        ("UnetPlusPlus", "resnet18"),
+        ("unet", "tu-mobilenetv3_small_050"),
+    ],
 )
 def test_archs_build_and_forward(arch: str, encoder: str) -> None:
     torch.manual_seed(0)
@@ -35,9 +32,11 @@ def test_archs_build_and_forward(arch: str, encoder: str) -> None:
 
 @pytest.mark.parametrize(
     ("cfg", "words"),
-    [(ModelConfig(arch="SegNet"), "unknown architecture"),
-     (ModelConfig(encoder="resnet-nonexistent"), "resnet-nonexistent"),
-     (ModelConfig(encoder_weights="/nonexistent/weights.pth"), "file not found")],
+    [
+        (ModelConfig(arch="SegNet"), "unknown architecture"),
+        (ModelConfig(encoder="resnet-nonexistent"), "resnet-nonexistent"),
+        (ModelConfig(encoder_weights="/nonexistent/weights.pth"), "file not found"),
+    ],
 )
 def test_bad_model_config_is_a_config_error(cfg: ModelConfig, words: str) -> None:
     with pytest.raises(ConfigError, match=words):

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import zarr
 
 from pipeline.augment import build_augment, seed_augment, to_tensor
 from pipeline.config import AugmentConfig, Config, load_config
@@ -30,58 +29,27 @@ from pipeline.train import (
     train_fold,
     train_one_epoch,
 )
+from tests.tile_stores import ENCODER, make_tile_stores
 
-ENCODER = "tu-mobilenetv3_small_050"  # tiny timm encoder: fast on 2 shared CPU cores
-
-
-def make_tile_stores(root: Path, n_slides: int = 3, n_pos: int = 8, n_tissue: int = 4, n_glass: int = 4,
-                     size: int = 64, seed: int = 0) -> tuple[pd.DataFrame, dict[str, Path]]:
-    """One Zarr tile store per slide + the tile index (slide, tile, y0, x0, tissue, positive)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    stores, rows = {}, []
-    for s in range(n_slides):
-        slide = f"slide{s}"
-        n = n_pos + n_tissue + n_glass
-        images = np.empty((n, size, size, 3), np.uint8)
-        masks = np.zeros((n, size, size), np.uint8)
-        for i in range(n):
-            glass = i >= n_pos + n_tissue
-            base, noise = ([245, 244, 246], 3) if glass else ([225, 150, 190], 18)
-            img = np.array(base, float) + rng.normal(0, noise, (size, size, 3))
-            if i < n_pos:
-                for _ in range(rng.integers(1, 3)):
-                    r = rng.uniform(size * 0.12, size * 0.22)
-                    cy, cx = rng.uniform(r, size - r, 2)
-                    disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
-                    img[disc] = np.array([110, 40, 120]) + rng.normal(0, 12, (disc.sum(), 3))
-                    masks[i][disc] = 1
-            images[i] = np.clip(img, 0, 255).astype(np.uint8)
-        path = root / f"{slide}.zarr"
-        group = zarr.open_group(str(path), mode="w")
-        group.create_array("images", data=images, chunks=(1, size, size, 3))
-        group.create_array("masks", data=masks, chunks=(1, size, size))
-        stores[slide] = path
-        rows += [{"slide": slide, "tile": i, "y0": i * 3 * size, "x0": 0, "tissue": 0.0 if i >= n_pos + n_tissue
-                  else 1.0, "positive": float(masks[i].mean())} for i in range(n)]
-    return pd.DataFrame(rows), stores
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def small_config(**train) -> Config:
-    return load_config(overrides={
-        "model": {"arch": "Unet", "encoder": ENCODER},
-        "train": {"epochs": 3, "batch_size": 4, "lr": 3e-3, "folds": 3, "patience": 0, "device": "cpu",
-                  "seed": 7, **train},
-    })
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The CI cores are shared: one intra-op thread avoids OpenMP oversubscription stalls."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return load_config(
+        overrides={
+            "model": {"arch": "Unet", "encoder": ENCODER},
+            "train": {
+                "epochs": 3,
+                "batch_size": 4,
+                "lr": 3e-3,
+                "folds": 3,
+                "patience": 0,
+                "device": "cpu",
+                "seed": 7,
+                **train,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -245,8 +213,9 @@ def test_data_loader_workers_give_the_same_result(data, tmp_path) -> None:
     """Per-sample augmentation seeds: worker processes change nothing (and do not deadlock)."""
     index, stores = data
     index = index[index["slide"] != "slide2"].groupby("slide").head(5)
-    runs = [train_fold(index, stores, 0, tmp_path / str(n), small_config(epochs=1, folds=2, num_workers=n))
-            for n in (0, 2)]
+    runs = [
+        train_fold(index, stores, 0, tmp_path / str(n), small_config(epochs=1, folds=2, num_workers=n)) for n in (0, 2)
+    ]
     cols = ["train_loss", "val_loss", "val_dice"]
     pd.testing.assert_frame_equal(runs[0][cols], runs[1][cols], check_exact=True)
 
