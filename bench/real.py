@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pipeline.annotations import mask_to_polygons, write_hubmap_json  # noqa: E402
-from pipeline.atomic import atomic_path, write_text_atomic  # noqa: E402
+from pipeline.atomic import atomic_path, write_csv_atomic, write_text_atomic  # noqa: E402
 from pipeline.rle import encode  # noqa: E402
 
 SOURCE = ROOT.parent / "shared" / "data" / "aidpath-glomeruli"
@@ -132,14 +132,6 @@ def check_layout(layout: dict[str, Any], src_dir: Path | None = None) -> None:
         unused = sorted(set(available) - set(names))
         if unused:
             raise ValueError(f"{src_dir}: tiles not in the layout: {', '.join(unused)}")
-
-
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
 
 
 def write_slide(path: Path, image: np.ndarray) -> None:
@@ -219,16 +211,16 @@ def build_dataset(
         info_rows.append(
             [f"{slide_id}.tiff", width, height, f"{slide_id}.json" if split == "train" else "", "PAS", UM_PER_PX]
         )
-    _write_csv(out / "train.csv", ["id", "encoding"], truth["train"])
-    _write_csv(out / "test_truth.csv", ["id", "encoding"], truth["test"])
-    _write_csv(out / "sample_submission.csv", ["id", "predicted"], [[i, ""] for i, _ in truth["test"]])
-    _write_csv(
+    write_csv_atomic(out / "train.csv", ["id", "encoding"], truth["train"])
+    write_csv_atomic(out / "test_truth.csv", ["id", "encoding"], truth["test"])
+    write_csv_atomic(out / "sample_submission.csv", ["id", "predicted"], [[i, ""] for i, _ in truth["test"]])
+    write_csv_atomic(
         out / "HuBMAP-20-dataset_information.csv",
         ["image_file", "width_pixels", "height_pixels", "glomerulus_segmentation_file", "stain", "um_per_px"],
         info_rows,
     )
     write_text_atomic(out / "SOURCE.txt", ATTRIBUTION + "\n")
-    _write_csv(out / "split.csv", SPLIT_COLUMNS, sorted(split_rows, key=lambda r: (r[1] != "train", r[2], r[3], r[4])))
+    write_csv_atomic(out / "split.csv", SPLIT_COLUMNS, sorted(split_rows, key=lambda r: (r[1] != "train", r[2], r[3], r[4])))
     return out
 
 

@@ -6,11 +6,13 @@ for a result. Works for plain files and for directories (Zarr stores).
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 def _remove(path: Path) -> None:
@@ -48,3 +50,14 @@ def write_text_atomic(target: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` to ``target`` atomically."""
     with atomic_path(target) as tmp:
         tmp.write_text(text)
+
+
+def write_csv_atomic(
+    target: str | os.PathLike[str], header: Sequence[str], rows: Iterable[Sequence[Any]]
+) -> None:
+    """Write a CSV table (header + rows, "\\n" line ends) to ``target`` atomically."""
+    with atomic_path(target) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.writer(handle, lineterminator="\n")
+            writer.writerow(header)
+            writer.writerows(rows)

@@ -25,7 +25,6 @@ its label agree to the pixel.
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Iterator
@@ -38,7 +37,7 @@ import tifffile
 from shapely.geometry import Polygon
 
 from pipeline.annotations import polygons_to_rle, write_hubmap_json
-from pipeline.atomic import atomic_path
+from pipeline.atomic import atomic_path, write_csv_atomic
 from pipeline.errors import ConfigError
 from pipeline.progress import get_logger, progress
 
@@ -752,14 +751,6 @@ def slide_ids(n: int, seed: int) -> list[str]:
     return ids
 
 
-def _write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-
-
 def _patient(rng: np.random.Generator, number: int) -> dict[str, Any]:
     """Plausible donor columns of HuBMAP-20-dataset_information.csv."""
     weight = round(float(rng.uniform(55, 110)), 1)
@@ -841,9 +832,9 @@ def make_dataset(
                 **_patient(rng, 60000 + k),
             }
         )
-    _write_csv(out / "train.csv", ["id", "encoding"], truth["train"])
-    _write_csv(out / "test_truth.csv", ["id", "encoding"], truth["test"])
-    _write_csv(out / "sample_submission.csv", ["id", "predicted"], [[sid, ""] for sid, _ in truth["test"]])
+    write_csv_atomic(out / "train.csv", ["id", "encoding"], truth["train"])
+    write_csv_atomic(out / "test_truth.csv", ["id", "encoding"], truth["test"])
+    write_csv_atomic(out / "sample_submission.csv", ["id", "predicted"], [[sid, ""] for sid, _ in truth["test"]])
     header = list(info_rows[0])
-    _write_csv(out / "HuBMAP-20-dataset_information.csv", header, [[r[h] for h in header] for r in info_rows])
+    write_csv_atomic(out / "HuBMAP-20-dataset_information.csv", header, [[r[h] for h in header] for r in info_rows])
     return out
