@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -34,6 +33,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # tiny matmuls in the tile g
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from memory import peak_rss_mb  # noqa: E402  (bench/memory.py)
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
@@ -251,21 +253,6 @@ def run_child(name: str, path: Path, args: argparse.Namespace) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"measurement {name} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def peak_rss_mb() -> float:
-    """This process's peak RSS.
-
-    Linux: VmHWM of /proc/self/status, which exec resets; getrusage's ru_maxrss is not
-    usable in a child, because it keeps the parent's peak from before the fork.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def child_main(args: argparse.Namespace) -> None:

@@ -40,20 +40,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from baselines import rle_encode_less_memory  # noqa: E402  (the notebooks' encoder)
+from memory import status_kb  # noqa: E402
 
 GB = 1024**3
 NOTEBOOK_BYTES_PER_PX = 11.0  # preds + counts (8 B) + bool mask, transposed copy, comparison temp
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def rss_bytes(field: str = "VmRSS") -> int:
-    """This process's current (VmRSS) or peak (VmHWM) resident set, from /proc."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def mem_available() -> int:
@@ -136,7 +129,7 @@ def worker(args: argparse.Namespace) -> dict:
             d = tissue.downsample
             sub = tissue.mask[int(y0 // d) : int(math.ceil((y0 + h) / d)), int(x0 // d) : int(math.ceil((x0 + w) / d))]
             tissue = TissueMask(mask=sub, downsample=d, thumbnail=np.zeros(sub.shape + (3,), np.uint8))
-        setup_rss = rss_bytes()
+        setup_rss = (status_kb("VmRSS") or 0) * 1024
         t0 = time.perf_counter()
         if args.worker == "pipeline":
             stats = P.predict_slide(reader, [model], tissue, cfg, args.out_zarr, mean, std, "cpu")
@@ -152,7 +145,7 @@ def worker(args: argparse.Namespace) -> dict:
             res = notebook(reader, model, tissue, cfg, mean, std, t0)
             rle = res.pop("rle")
     Path(args.out_rle).write_text(rle)
-    res.update(setup_rss=setup_rss, peak_rss=rss_bytes("VmHWM"), region=[y0, x0, h, w])
+    res.update(setup_rss=setup_rss, peak_rss=(status_kb("VmHWM") or 0) * 1024, region=[y0, x0, h, w])
     return res
 
 

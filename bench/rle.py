@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import resource
 import shutil
 import sys
 import tempfile
@@ -40,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baselines import rle_encode, rle_encode_less_memory  # noqa: E402  (the Kaggle formulas)
+from memory import peak_rss_mb, reset_peak_rss_mb  # noqa: E402
 
 # ----------------------------------------------------------------- data
 
@@ -86,41 +86,6 @@ def make_zarr(npy: Path, out: Path, chunk: int) -> None:
 # ----------------------------------------------------------------- one method in one process
 
 
-def _status_mb(field: str) -> float | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak() -> float:
-    """Reset the peak-RSS mark (Linux clear_refs) and return the baseline RSS in MB.
-
-    Without the reset, memory freed after loading the mask would hide a method's
-    peak under the loader's; then we fall back to getrusage's max RSS.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        rss = _status_mb("VmRSS")
-        if rss is not None and _status_mb("VmHWM") is not None:
-            return rss
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def _peak_mb() -> float:
-    hwm = _status_mb("VmHWM")
-    return (
-        hwm
-        if hwm is not None
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    )
-
-
 def _zarr_floor(z) -> int:
     """Read the Zarr mask exactly as encode() does (same blocks, same read-ahead), count only."""
     from pipeline.rle import _read_ahead, _row_bounds, _strip_bounds
@@ -151,7 +116,7 @@ def _child(
         "zarr read floor": _zarr_floor,
     }
     func = funcs[method]
-    baseline = _reset_peak()
+    baseline = reset_peak_rss_mb()
     times = []
     result = None
     for i in range(repeats):
@@ -164,7 +129,7 @@ def _child(
         (
             min(times),
             len(times),
-            _peak_mb() - baseline,
+            peak_rss_mb() - baseline,
             result if isinstance(result, str) else None,
         )
     )
