@@ -13,7 +13,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +329,14 @@ def _write_json(obj: Any, path: PathLike) -> None:
             fh.write("\n")
 
 
+def _geometries_json(geoms: Iterable[BaseGeometry], decimals: int | None) -> Iterator[dict[str, Any]]:
+    """GeoJSON geometry of each polygonal geometry, shared by the QuPath and Kaggle writers."""
+    for geom in geoms:
+        polygonal = _polygons(geom)
+        if polygonal is not None:
+            yield _geometry_json(polygonal, decimals)
+
+
 def _colour(name: str, color: Sequence[int] | None) -> list[int]:
     rgb = color if color is not None else DEFAULT_COLOURS.get(name.lower(), (255, 0, 0))
     return [int(v) for v in rgb]
@@ -348,21 +356,17 @@ def write_geojson(
     are rounded to ``decimals`` (None: exact); written atomically.
     """
     rgb = _colour(name, color)
-    features = []
-    for geom in geoms:
-        geom = _polygons(geom)
-        if geom is None:
-            continue
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": _geometry_json(geom, decimals),
-                "properties": {
-                    "objectType": "annotation",
-                    "classification": {"name": name, "color": rgb},
-                },
-            }
-        )
+    features = [
+        {
+            "type": "Feature",
+            "geometry": geometry,
+            "properties": {
+                "objectType": "annotation",
+                "classification": {"name": name, "color": rgb},
+            },
+        }
+        for geometry in _geometries_json(geoms, decimals)
+    ]
     _write_json({"type": "FeatureCollection", "features": features}, path)
 
 
@@ -386,23 +390,18 @@ def write_hubmap_json(
     the originals; None: exact, so reading the file back gives the same polygons).
     Written atomically.
     """
-    rgb = _colour(name, color)
-    features = []
-    for geom in geoms:
-        geom = _polygons(geom)
-        if geom is None:
-            continue
-        coords = _geometry_json(geom, decimals)
-        features.append(
-            {
-                "type": "Feature",
-                "id": "PathAnnotationObject",
-                "geometry": coords,
-                "properties": {
-                    "classification": {"name": name, "colorRGB": _colour_rgb_int(rgb)},
-                    "isLocked": False,
-                    "measurements": [],
-                },
-            }
-        )
+    colour = _colour_rgb_int(_colour(name, color))
+    features = [
+        {
+            "type": "Feature",
+            "id": "PathAnnotationObject",
+            "geometry": geometry,
+            "properties": {
+                "classification": {"name": name, "colorRGB": colour},
+                "isLocked": False,
+                "measurements": [],
+            },
+        }
+        for geometry in _geometries_json(geoms, decimals)
+    ]
     _write_json(features, path)
