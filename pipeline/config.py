@@ -61,6 +61,7 @@ class ModelConfig:
     arch: str = "Unet"  # Unet | FPN | UnetPlusPlus
     encoder: str = "efficientnet-b0"  # timm/smp encoder name: efficientnet-b0..b7, resnet34, tu-...
     encoder_weights: str | None = None  # None, or a local weights file
+    decoder_channels: tuple[int, ...] | None = None  # Unet/UnetPlusPlus decoder widths, 5 (deep to shallow); None = smp's 256,128,64,32,16; narrower trains 2-3x faster on CPU
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel, 0..1 scale
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # per-channel standard deviation, 0..1 scale
 

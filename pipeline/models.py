@@ -123,9 +123,18 @@ def build_model(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
             raise ConfigError(candidate, "model.encoder_weights: file not found")
         else:
             smp_weights = weights  # a named smp/timm variant such as "imagenet" (needs network)
+    extra: dict[str, object] = {}
+    if cfg.decoder_channels is not None:
+        if arch not in ("Unet", "UnetPlusPlus") or len(cfg.decoder_channels) != 5:
+            raise ConfigError(
+                None,
+                f"model.decoder_channels: 5 widths for Unet or UnetPlusPlus, got "
+                f"{list(cfg.decoder_channels)} for {arch}",
+            )
+        extra["decoder_channels"] = tuple(cfg.decoder_channels)
     try:
         model = smp.create_model(
-            arch, encoder_name=cfg.encoder, encoder_weights=smp_weights, in_channels=3, classes=1
+            arch, encoder_name=cfg.encoder, encoder_weights=smp_weights, in_channels=3, classes=1, **extra
         )
     except (KeyError, ValueError, RuntimeError) as err:
         msg = err.args[0] if err.args else err

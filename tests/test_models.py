@@ -36,11 +36,26 @@ def test_archs_build_and_forward(arch: str, encoder: str) -> None:
         (ModelConfig(arch="SegNet"), "unknown architecture"),
         (ModelConfig(encoder="resnet-nonexistent"), "resnet-nonexistent"),
         (ModelConfig(encoder_weights="/nonexistent/weights.pth"), "file not found"),
+        (ModelConfig(arch="FPN", encoder="resnet18", decoder_channels=(64, 32, 16, 16, 8)), "decoder_channels"),
+        (ModelConfig(encoder="resnet18", decoder_channels=(64, 32, 16)), "5 widths"),
     ],
 )
 def test_bad_model_config_is_a_config_error(cfg: ModelConfig, words: str) -> None:
     with pytest.raises(ConfigError, match=words):
         build_model(cfg)
+
+
+def test_narrow_decoder_has_fewer_parameters_and_survives_a_checkpoint(tmp_path) -> None:
+    narrow_cfg = ModelConfig(encoder="resnet18", decoder_channels=(64, 32, 16, 16, 8))
+    narrow = build_model(narrow_cfg)
+    wide = build_model(ModelConfig(encoder="resnet18"))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(narrow) < count(wide) - 1_000_000
+    config = load_config(overrides={"model": {"encoder": "resnet18", "decoder_channels": [64, 32, 16, 16, 8]}})
+    save_checkpoint(tmp_path / "m.pt", narrow, config, epoch=1, metrics={})
+    reloaded, _ = load_model(tmp_path / "m.pt")
+    for a, b in zip(narrow.state_dict().values(), reloaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_encoder_weights_from_local_file(tmp_path) -> None:
