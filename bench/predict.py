@@ -114,6 +114,7 @@ def worker(args: argparse.Namespace) -> dict:
 
     from pipeline import predict as P
     from pipeline.config import PredictConfig
+    from pipeline.encode import encode_prediction
     from pipeline.slides import open_slide
     from pipeline.tissue import TissueMask, load_tissue
 
@@ -134,7 +135,7 @@ def worker(args: argparse.Namespace) -> dict:
         if args.worker == "pipeline":
             stats = P.predict_slide(reader, [model], tissue, cfg, args.out_zarr, mean, std, "cpu")
             t1 = time.perf_counter()
-            rle = P.encode_prediction(args.out_zarr, (h, w), cfg)
+            rle = encode_prediction(args.out_zarr, (h, w), cfg)
             t2 = time.perf_counter()
             res = {
                 "windows": stats.windows, "read": stats.read_s, "wait": stats.wait_s, "model": stats.model_s,

@@ -121,7 +121,7 @@ def cmd_predict(args: argparse.Namespace, config: Config) -> None:
 
 def cmd_encode(args: argparse.Namespace, config: Config) -> None:
     from pipeline.dataset import truth_rle
-    from pipeline.predict import run_encode
+    from pipeline.encode import run_encode
 
     truth = truth_rle(args.data_dir, args.id) if args.data_dir else None
     run_encode(args.prob_zarr, args.slide, args.out_rle, args.out_geojson, args.out_png, truth, config)
