@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the package with its pinned dependencies
 
-$(DEMO_DATA)/.complete: $(STAMP) pipeline/synthetic.py
+$(DEMO_DATA)/.complete: $(STAMP) $(wildcard pipeline/synthetic/*.py)
 	$(BIN)/python -m pipeline synth --out $(DEMO_DATA) --n-train 4 --n-test 2 --height 6144 --width 6144 --seed 0
 	touch $@
 
