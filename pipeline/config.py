@@ -126,7 +126,7 @@ class PredictConfig:
     sigma: float = 0.125  # Gaussian sigma as a fraction of the window
     batch_size: int = 8  # windows per forward pass
     tta: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"
-    threshold: float = 0.5  # probability at or above which a pixel is glomerulus
+    threshold: float | str = 0.5  # probability at or above which a pixel is glomerulus, or "auto": the folds' best on their validation tiles
     min_object_px: int = 0  # full-resolution objects smaller than this are removed
     fill_holes: bool = False  # fill holes inside predicted objects
     tissue_only: bool = True  # skip windows without tissue (they predict background)

@@ -33,6 +33,7 @@ from pipeline.atomic import write_text_atomic
 from pipeline.errors import ConfigError, DataError
 from pipeline.predict import CHUNK_COLS, UPSAMPLES
 from pipeline.progress import get_logger
+from pipeline.thresholds import store_threshold
 
 if TYPE_CHECKING:
     from pipeline.config import Config, PredictConfig
@@ -189,7 +190,7 @@ def encode_prediction_full(
     scale = _check_store(arr, (height, width), source)
     if cfg.upsample not in UPSAMPLES:
         raise ConfigError(None, f"predict.upsample must be one of {', '.join(UPSAMPLES)}, got {cfg.upsample!r}")
-    thr = float(cfg.threshold)
+    thr = store_threshold(cfg.threshold, getattr(arr, "attrs", {}), source)
     post = None
     if cfg.fill_holes or cfg.min_object_px > 0:
         raw = lowres_mask(arr, thr)
@@ -217,6 +218,8 @@ def encode_prediction_full(
 
 def encode_prediction(prob_zarr: str | os.PathLike[str] | Any, slide_shape: tuple[int, int], cfg: PredictConfig) -> str:
     """Full-resolution RLE of ``prob >= cfg.threshold``, streamed in column strips.
+
+    ``cfg.threshold`` "auto" takes the threshold the predict stage stored in the store's attrs.
 
     Upsampling is ``cfg.upsample`` (bilinear by default); ``cfg.fill_holes`` and
     ``cfg.min_object_px`` are applied at model resolution first. "" when empty.

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 import zarr
 
+from pipeline import thresholds
 from pipeline.atomic import atomic_path
 from pipeline.errors import ConfigError, DataError
 from pipeline.progress import get_logger, progress
@@ -529,12 +530,12 @@ def _model_settings(meta: dict[str, Any], path: Path, config: Config) -> tuple[l
 
 
 def load_models(checkpoints: Sequence[str | os.PathLike[str]], device: torch.device, config: Config):
-    """Load an ensemble; all members must share normalisation and the predict scale."""
+    """Load an ensemble -> (models, mean, std, metas); members must share normalisation and the predict scale."""
     from pipeline.models import load_model
 
     if not checkpoints:
         raise ConfigError(None, "predict: no checkpoint given")
-    models, settings = [], None
+    models, metas, settings = [], [], None
     want = config.predict.window / config.predict.out_size
     for ckpt in checkpoints:
         path = Path(ckpt)
@@ -550,22 +551,30 @@ def load_models(checkpoints: Sequence[str | os.PathLike[str]], device: torch.dev
         elif not (np.allclose(settings[0], mean) and np.allclose(settings[1], std)):
             raise ConfigError(path, f"ensemble members disagree on normalisation: {settings} vs {(mean, std)}")
         models.append(model)
+        metas.append(meta)
     assert settings is not None
-    return models, settings[0], settings[1]
+    return models, settings[0], settings[1], metas
 
 
 def run_predict(slide_path, checkpoints: list[Path], tissue_png, out_zarr, config: Config) -> None:
-    """Stage entry point: ensemble + TTA consensus over one slide -> ``predictions/{id}.zarr``."""
+    """Stage entry point: ensemble + TTA consensus over one slide -> ``predictions/{id}.zarr``.
+
+    With ``predict.threshold: auto`` the store's attrs also get the ensemble's pooled
+    out-of-fold threshold (:func:`pipeline.thresholds.choose`), which encoding uses.
+    """
     from pipeline.models import select_device
     from pipeline.slides import open_slide
     from pipeline.tissue import load_tissue
 
     cfg = config.predict
+    thresholds.check_setting(cfg.threshold)
     device = select_device(cfg.device)
-    models, mean, std = load_models(checkpoints, device, config)
+    models, mean, std, metas = load_models(checkpoints, device, config)
+    extra: dict[str, Any] = thresholds.choose(metas, checkpoints) if cfg.threshold == thresholds.AUTO else {}
     with open_slide(slide_path, backend=config.slides.backend) as reader:
         tissue = load_tissue(tissue_png, reader.shape) if (tissue_png and cfg.tissue_only) else None
-        extra = {"tissue_png": str(tissue_png)} if tissue_png else {}
+        if tissue_png:
+            extra["tissue_png"] = str(tissue_png)
         predict_slide(
             reader, models, tissue, cfg, out_zarr, mean, std, device, slide_id=Path(slide_path).stem, extra_attrs=extra
         )

@@ -7,7 +7,9 @@ model initialisation, the tile order of each epoch and one augmentation seed per
 workers, and a resumed run continues exactly where it stopped.
 
 Outputs in ``out_dir``: ``model.pt`` (best validation Dice), ``last.pt`` (resume
-state, every epoch), ``metrics.csv`` and ``curves.png`` (every epoch), all atomic.
+state, every epoch), ``metrics.csv`` and ``curves.png`` (every epoch), all atomic;
+with validation tiles also ``thresholds.csv``, the best model's validation Dice at
+every threshold (see :mod:`pipeline.thresholds`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from pipeline.losses import build_loss, check_loss_schedule, uses_finetune
 from pipeline.models import build_model, read_checkpoint, save_checkpoint, select_device
 from pipeline.progress import get_logger, progress
 from pipeline.report import plot_curves
+from pipeline.thresholds import ThresholdCounts, best_threshold, write_table
 from pipeline.tiles import open_tile_store
 
 log = get_logger(__name__)
@@ -364,6 +367,34 @@ def evaluate(runner: _Runner, loader: DataLoader, loss_fn: nn.Module) -> tuple[f
     return (loss_sum.item() / n if n else math.nan), dice
 
 
+@torch.inference_mode()
+def threshold_counts(runner: _Runner, loader: DataLoader) -> dict[str, Any]:
+    """Validation pixel counts at every threshold of :data:`pipeline.thresholds.GRID`."""
+    runner.model.eval()
+    counts = ThresholdCounts()
+    for images, masks in loader:
+        x, y = runner.batch(images, masks)
+        counts.add(torch.sigmoid(runner.forward(x).float()), y)
+    return counts.as_dict()
+
+
+def score_thresholds(runner: _Runner, loader: DataLoader, checkpoint: Path, desc: str) -> None:
+    """Score the best checkpoint's validation tiles at every threshold (``predict.threshold: auto``).
+
+    The counts go into the checkpoint (``oof_thresholds``) and ``thresholds.csv`` beside it.
+    """
+    ckpt = read_checkpoint(checkpoint)
+    runner.model.load_state_dict(ckpt["state_dict"])
+    counts = threshold_counts(runner, loader)
+    ckpt["oof_thresholds"] = counts
+    with atomic_path(checkpoint) as tmp:
+        torch.save(ckpt, tmp)
+    write_table(counts, checkpoint.parent / "thresholds.csv")
+    threshold, dice = best_threshold([counts])
+    log.info("%s: best validation threshold %.2f (Dice %.4f) for the model of epoch %d", desc, threshold, dice,
+             ckpt["epoch"])
+
+
 def _load_resume(last: Path, config: Config, data_key: str) -> dict[str, Any] | None:
     if not last.is_file():
         return None
@@ -487,6 +518,8 @@ def fit(
                 log.info("%s: early stop after epoch %d (best Dice %.4f at epoch %d)", desc, epoch,
                          best["dice"], best["epoch"])
                 break
+        if has_val and (out_dir / "model.pt").is_file():
+            score_thresholds(runner, val_loader, out_dir / "model.pt", desc)
     if history:
         write_metrics(history, out_dir)
     return pd.DataFrame(history, columns=METRIC_COLUMNS)

@@ -144,7 +144,8 @@ def test_training_learns_and_writes_outputs(data, tmp_path) -> None:
     print(f"validation Dice: trained {best:.3f}, untrained {untrained:.3f}")
     assert best > 0.6 and best > untrained + 0.3, (best, untrained)
 
-    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "last.pt", "metrics.csv", "model.pt"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "curves.png", "last.pt", "metrics.csv", "model.pt", "thresholds.csv"]
     table = pd.read_csv(out / "metrics.csv")
     assert list(table.columns) == METRIC_COLUMNS and table["epoch"].tolist() == [1, 2, 3]
     assert (table["tiles_per_s"] > 0).all() and table["train_loss"].iloc[-1] < table["train_loss"].iloc[0]
@@ -155,6 +156,15 @@ def test_training_learns_and_writes_outputs(data, tmp_path) -> None:
     assert ckpt["val_slides"] == val_slides and ckpt["config"] == config.to_dict()
     model, meta = load_model(out / "model.pt", "cpu")
     assert _val_dice(model, val, stores, config) == pytest.approx(best, abs=1e-6)
+
+    # out-of-fold threshold scan of the best model: at 0.5 it is the validation Dice again
+    scan = pd.read_csv(out / "thresholds.csv")
+    assert scan["threshold"].tolist() == pytest.approx([0.05 * i for i in range(1, 20)])
+    assert scan.loc[scan["threshold"].sub(0.5).abs().idxmin(), "dice"] == pytest.approx(best, abs=1e-3)
+    assert (scan["predicted"].diff().dropna() <= 0).all()  # a higher threshold never predicts more
+    assert meta["oof_thresholds"]["intersection"] == scan["intersection"].tolist()
+    truth_px = sum(int(np.count_nonzero(TileDataset(val, stores)[i][1])) for i in range(len(val)))
+    assert meta["oof_thresholds"]["truth"] == truth_px == scan["truth"].iloc[0] > 0
 
 
 def test_same_seed_same_metrics_and_exact_resume(data, tmp_path, caplog, monkeypatch) -> None:

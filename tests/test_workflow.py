@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+import zarr
 
 from pipeline.rle import parse
 from pipeline.synthetic import write_synthetic_slide
@@ -50,10 +51,13 @@ def test_full_run_writes_every_stage(first_run: tuple[Path, subprocess.Completed
     for fold in (0, 1):
         assert (results / "models" / f"fold{fold}" / "model.pt").stat().st_size > 0
         assert len(pd.read_csv(results / "models" / f"fold{fold}" / "metrics.csv")) >= 1
+        assert len(pd.read_csv(results / "models" / f"fold{fold}" / "thresholds.csv")) == 19
     submission = pd.read_csv(results / "submission.csv", dtype=str, keep_default_na=False)
     test_id = sheet.loc[sheet["split"] == "test", "id"].item()
     assert submission["id"].tolist() == [test_id]
     parse(submission["predicted"].item(), (2048, 2048))  # a valid RLE for the slide
+    store = zarr.open_array(store=str(results / "predictions" / f"{test_id}.zarr"), mode="r")
+    assert 0.0 < store.attrs["threshold"] < 1.0  # predict.threshold: auto, from the folds' validation tiles
     dice = pd.read_csv(results / "evaluation" / "dice.csv")
     assert dice["id"].tolist() == [test_id, "mean"]
     assert 0.0 <= dice["dice"].iloc[-1] <= 1.0

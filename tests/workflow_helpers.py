@@ -24,7 +24,7 @@ TINY_SETTINGS = {
     "model": {"arch": "Unet", "encoder": "resnet18"},
     "train": {"folds": 2, "epochs": 2, "batch_size": 8, "patience": 2},
     "filter": {"epochs": 1},
-    "predict": {"window": 384, "overlap": 0.5, "out_size": 128, "batch_size": 8, "workers": 1},
+    "predict": {"window": 384, "overlap": 0.5, "out_size": 128, "batch_size": 8, "workers": 1, "threshold": "auto"},
 }
 
 
