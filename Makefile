@@ -39,8 +39,12 @@ lint: $(STAMP)  ## snakemake --lint and snakefmt, as the tests run them
 clean-demo:  ## remove the demo data and results
 	rm -rf $(DEMO_DATA) results/demo
 
-.PHONY: real-bench
+.PHONY: real-bench real-bench-cpu
 REAL_BENCH_ARGS ?=
 
 real-bench: $(STAMP)  ## real labels: AIDPATH tiles as mosaic slides, the workflow, Dice per slide and tile
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/real.py --cores $(CORES) $(REAL_BENCH_ARGS)
+
+real-bench-cpu: $(STAMP)  ## the same with the stronger CPU config bench/real-cpu.yaml (about 40 min on 2 cores)
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/real.py --cores $(CORES) --config bench/real-cpu.yaml \
+		--out /tmp/real-bench-cpu $(REAL_BENCH_ARGS)

@@ -34,7 +34,8 @@ The data set (:func:`build_dataset`), decisions written down:
   the RLE back, so the workflow's truth check reads Dice 1.0).
 
     .venv/bin/python bench/real.py                        # demo config, 2 cores, OUT=/tmp/real-bench
-    .venv/bin/python bench/real.py --config config/config.yaml --out /tmp/real-bench-full
+    .venv/bin/python bench/real.py --config bench/real-cpu.yaml --out /tmp/real-bench-cpu  # ~40 min CPU
+    .venv/bin/python bench/real.py --config config/config.yaml --out /tmp/real-bench-full  # GPU
     .venv/bin/python bench/real.py --build-only --out /tmp/aidp
 
 Data: Bueno G., Gonzalez-Lopez L., Garcia-Rojo M., Laurinavicius A. (2020), "Data for
