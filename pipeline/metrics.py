@@ -13,7 +13,13 @@ import numpy as np
 
 from pipeline import rle
 
-__all__ = ["dice", "dice_rle"]
+__all__ = ["dice", "dice_from_counts", "dice_rle"]
+
+
+def dice_from_counts(intersection: int, predicted: int, truth: int) -> float:
+    """2|A∩B| / (|A| + |B|) from pixel counts; 1.0 when both masks are empty (nothing to find, nothing found)."""
+    total = predicted + truth
+    return 1.0 if total == 0 else 2.0 * intersection / total
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -22,10 +28,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     if a.shape != b.shape:
         raise ValueError(f"dice: masks differ in shape, {a.shape} vs {b.shape}")
     a, b = a != 0, b != 0
-    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
-    if total == 0:
-        return 1.0
-    return 2.0 * int(np.count_nonzero(a & b)) / total
+    return dice_from_counts(int(np.count_nonzero(a & b)), int(np.count_nonzero(a)), int(np.count_nonzero(b)))
 
 
 def dice_rle(
@@ -42,7 +45,4 @@ def dice_rle(
     """
     runs_a = a if isinstance(a, np.ndarray) else rle.parse(a, shape, source_a)
     runs_b = b if isinstance(b, np.ndarray) else rle.parse(b, shape, source_b)
-    total = rle.area(runs_a) + rle.area(runs_b)
-    if total == 0:
-        return 1.0
-    return 2.0 * rle.intersection_area(runs_a, runs_b) / total
+    return dice_from_counts(rle.intersection_area(runs_a, runs_b), rle.area(runs_a), rle.area(runs_b))

@@ -21,6 +21,10 @@ import torch
 
 from pipeline.atomic import write_csv_atomic
 from pipeline.errors import ConfigError, DataError
+from pipeline.metrics import dice_from_counts
+from pipeline.progress import get_logger
+
+log = get_logger(__name__)
 
 AUTO = "auto"
 #: candidate thresholds, 0.05 .. 0.95
@@ -54,11 +58,10 @@ class ThresholdCounts:
 
 def dice_curve(counts: Mapping[str, Any]) -> list[tuple[float, float]]:
     """``[(threshold, Dice)]`` of one set of counts (``ThresholdCounts.as_dict()`` or pooled)."""
-    out = []
-    for t, inter, pred in zip(counts["grid"], counts["intersection"], counts["predicted"], strict=True):
-        total = pred + counts["truth"]
-        out.append((float(t), 1.0 if total == 0 else 2.0 * inter / total))
-    return out
+    return [
+        (float(t), dice_from_counts(inter, pred, counts["truth"]))
+        for t, inter, pred in zip(counts["grid"], counts["intersection"], counts["predicted"], strict=True)
+    ]
 
 
 def pool(curves: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -108,9 +111,6 @@ def choose(metas: Sequence[Mapping[str, Any]], sources: Sequence[Any]) -> dict[s
     checkpoint without counts (``train.folds: 1``, or written before this existed)
     adds nothing, and with none at all the threshold is 0.5, with a warning.
     """
-    from pipeline.progress import get_logger
-
-    log = get_logger(__name__)
     curves = [m["oof_thresholds"] for m in metas if m.get("oof_thresholds")]
     lacking = [str(src) for src, m in zip(sources, metas, strict=True) if not m.get("oof_thresholds")]
     if not curves:
@@ -123,7 +123,7 @@ def choose(metas: Sequence[Mapping[str, Any]], sources: Sequence[Any]) -> dict[s
     threshold, dice = best_threshold(curves)
     at_half = dict(dice_curve(pool(curves))).get(0.5)
     log.info("predict.threshold auto: %.2f, out-of-fold Dice %.4f over %d fold(s)%s", threshold, dice,
-             len(curves), f" (%.4f at 0.5)" % at_half if at_half is not None else "")
+             len(curves), f" ({at_half:.4f} at 0.5)" if at_half is not None else "")
     return {STORE_ATTR: threshold, "threshold_source": f"out-of-fold Dice {dice:.4f} over {len(curves)} fold(s)"}
 
 

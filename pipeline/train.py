@@ -37,6 +37,7 @@ from pipeline.augment import build_augment, seed_augment, to_tensor
 from pipeline.config import Config
 from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.losses import build_loss, check_loss_schedule, uses_finetune
+from pipeline.metrics import dice_from_counts
 from pipeline.models import build_model, read_checkpoint, save_checkpoint, select_device
 from pipeline.progress import get_logger, progress
 from pipeline.report import plot_curves
@@ -362,9 +363,7 @@ def evaluate(runner: _Runner, loader: DataLoader, loss_fn: nn.Module) -> tuple[f
         pred, truth = logits > 0, y > 0  # sigmoid(z) > 0.5  <=>  z > 0
         counts += torch.stack([(pred & truth).sum(), pred.sum(), truth.sum()])
         n += len(x)
-    inter, psum, tsum = counts.tolist()
-    dice = 1.0 if psum + tsum == 0 else 2.0 * inter / (psum + tsum)
-    return (loss_sum.item() / n if n else math.nan), dice
+    return (loss_sum.item() / n if n else math.nan), dice_from_counts(*counts.tolist())
 
 
 @torch.inference_mode()
