@@ -415,6 +415,29 @@ def per_tile(workdir: Path, n_worst: int, context: int = 128) -> list[dict[str, 
     return rows
 
 
+def print_oof(results: Path, test_mean: float) -> None:
+    """The whole-slide out-of-fold Dice of the training mosaics, beside the test Dice."""
+    import json
+
+    import pandas as pd
+
+    oof_csv = results / "evaluation" / "oof.csv"
+    if not oof_csv.exists():
+        print(f"\n(no {oof_csv}: train.folds 1 validates nothing)")
+        return
+    oof = pd.read_csv(oof_csv, dtype={"slide": str})
+    print(f"\nOut-of-fold Dice per training slide ({oof_csv}; each by the fold that never trained on it):")
+    print(f"  {'slide':<12} {'fold':>4} {'Dice':>7} {'predicted px':>13} {'truth px':>10}")
+    for row in oof.iloc[:-1].itertuples():
+        print(f"  {row.slide:<12} {int(row.fold):>4} {row.dice:>7.4f} {int(row.predicted_area):>13,} "
+              f"{int(row.truth_area):>10,}")
+    oof_mean = float(oof["dice"].iloc[-1])
+    choice = json.loads((results / "evaluation" / "threshold.json").read_text())
+    print(f"  mean out-of-fold Dice {oof_mean:.4f} vs mean test Dice {test_mean:.4f} "
+          f"(difference {test_mean - oof_mean:+.4f}); threshold {choice['threshold']:.2f} "
+          f"({choice['threshold_source']})")
+
+
 def report(workdir: Path, n_worst: int) -> None:
     import pandas as pd
 
@@ -427,6 +450,7 @@ def report(workdir: Path, n_worst: int) -> None:
         pred = "" if pd.isna(row.predicted_area) else f"{int(row.predicted_area):,}"
         truth = "" if pd.isna(row.truth_area) else f"{int(row.truth_area):,}"
         print(f"  {row.id:<12} {row.dice:>7.4f} {pred:>13} {truth:>10}")
+    print_oof(results, float(table["dice"].iloc[-1]))
     rows = per_tile(workdir, n_worst)
     print("\nDice per test tile (the mosaics cut back into their 1024 px tiles):")
     header = (f"  {'tile':<6} {'slide':<11} {'r,c':<4} {'Dice':>6} {'pred px':>8} {'truth px':>8} "

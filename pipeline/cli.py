@@ -33,6 +33,16 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
+def _json_object(text: str, option: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError(None, f"{option} is not valid JSON: {err}") from err
+    if not isinstance(value, dict):
+        raise ConfigError(None, f"{option} must be a JSON object, got {text[:80]!r}")
+    return value
+
+
 def _stores(tiles_dir: Path, slide_ids: Sequence[str]) -> dict[str, Path]:
     return {slide_id: tiles_dir / f"{slide_id}.zarr" for slide_id in slide_ids}
 
@@ -106,17 +116,42 @@ def cmd_filter(args: argparse.Namespace, config: Config) -> None:
 
 
 def cmd_train(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.folds import fold_assignment
     from pipeline.train import run_train
 
     index = _read_index([args.index])
-    stores = _stores(args.tiles_dir, sorted(index["slide"].unique()))
-    run_train(index, stores, args.fold, args.out_dir, config)
+    val_index = _read_index([args.val_index]) if args.val_index else None
+    slides = set(index["slide"]) | (set(val_index["slide"]) if val_index is not None else set())
+    stores = _stores(args.tiles_dir, sorted(slides))
+    if args.folds:
+        raw = _json_object(args.folds, "--folds")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
+            raise ConfigError(None, f"--folds must map slide ids to fold numbers, got {args.folds[:80]!r}")
+        assignment = {str(k): int(v) for k, v in raw.items()}
+    elif args.data_dir:
+        assignment = fold_assignment(args.data_dir, slides, config.train.folds, config.train.seed)
+    else:
+        assignment = None
+    run_train(index, stores, args.fold, args.out_dir, config, assignment, val_index)
 
 
 def cmd_predict(args: argparse.Namespace, config: Config) -> None:
     from pipeline.predict import run_predict
 
-    run_predict(args.slide, args.checkpoints, args.tissue, args.out_zarr, config)
+    run_predict(args.slide, args.checkpoints, args.tissue, args.out_zarr, config, args.threshold_json)
+
+
+def cmd_oof(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.oof import run_oof_slide
+
+    run_oof_slide(args.slide, args.id, args.checkpoint, args.tissue, args.data_dir, args.out_zarr, args.out_csv,
+                  config)
+
+
+def cmd_oof_summary(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.oof import summarise
+
+    summarise(args.counts, args.oof_dir, args.data_dir, args.out, args.curve, args.threshold_json, config)
 
 
 def cmd_encode(args: argparse.Namespace, config: Config) -> None:
@@ -203,16 +238,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, required=True, help="where the stage-1 model goes")
 
     p = _stage(sub, "train", cmd_train, "train one fold on the kept tiles")
-    p.add_argument("--index", type=Path, required=True, help="filter/kept.csv")
+    p.add_argument("--index", type=Path, required=True, help="filter/kept.csv (training tiles)")
+    p.add_argument("--val-index", type=Path, help="tiles/index.csv: every tile of the validation slides validates")
     p.add_argument("--tiles-dir", type=Path, required=True)
     p.add_argument("--fold", type=int, required=True)
     p.add_argument("--out-dir", type=Path, required=True)
+    p.add_argument("--folds", help='JSON {slide: fold} (what the workflow passes); else grouped from --data-dir')
+    p.add_argument("--data-dir", type=Path, help="for the donors of HuBMAP-20-dataset_information.csv")
 
     p = _stage(sub, "predict", cmd_predict, "sliding-window consensus over one slide")
     p.add_argument("--slide", type=Path, required=True)
     p.add_argument("--tissue", type=Path, required=True)
     p.add_argument("--out-zarr", type=Path, required=True)
     p.add_argument("checkpoints", type=Path, nargs="+", help="model.pt files (an ensemble)")
+    p.add_argument("--threshold-json", type=Path, help="evaluation/threshold.json (predict.threshold: auto)")
+
+    p = _stage(sub, "oof", cmd_oof, "out-of-fold: predict one validation slide with its fold's model, count")
+    p.add_argument("--slide", type=Path, required=True)
+    p.add_argument("--id", required=True, help="slide id")
+    p.add_argument("--checkpoint", type=Path, required=True, help="the model.pt of the fold that validated on it")
+    p.add_argument("--tissue", type=Path, required=True)
+    p.add_argument("--data-dir", type=Path, required=True, help="for train.csv and the polygons (the truth)")
+    p.add_argument("--out-zarr", type=Path, required=True, help="oof/{id}.zarr")
+    p.add_argument("--out-csv", type=Path, required=True, help="oof/{id}.csv: counts per threshold")
+
+    p = _stage(sub, "oof-summary", cmd_oof_summary, "out-of-fold Dice per slide and the threshold for 'auto'")
+    p.add_argument("--oof-dir", type=Path, required=True, help="folder of oof/{id}.zarr")
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="evaluation/oof.csv")
+    p.add_argument("--curve", type=Path, required=True, help="evaluation/oof_thresholds.csv")
+    p.add_argument("--threshold-json", type=Path, required=True, help="evaluation/threshold.json")
+    p.add_argument("counts", type=Path, nargs="*", help="oof/{id}.csv files")
 
     p = _stage(sub, "encode", cmd_encode, "threshold, RLE-encode and outline one prediction")
     p.add_argument("--prob-zarr", type=Path, required=True)

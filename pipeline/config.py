@@ -60,7 +60,7 @@ class ModelConfig:
 
     arch: str = "Unet"  # Unet | FPN | UnetPlusPlus
     encoder: str = "efficientnet-b0"  # timm/smp encoder name: efficientnet-b0..b7, resnet34, tu-...
-    encoder_weights: str | None = None  # None, or a local weights file
+    encoder_weights: str | None = None  # None, a local weights file (any encoder), or imagenet: ImageNet weights from pip packages, offline, for tu-efficientnet_lite0/1/2 and tu-tf_efficientnet_lite0/1/2 (they expect mean = std = 0.5)
     decoder_channels: tuple[int, ...] | None = None  # Unet/UnetPlusPlus decoder widths, 5 (deep to shallow); None = smp's 256,128,64,32,16; narrower trains 2-3x faster on CPU
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel, 0..1 scale
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # per-channel standard deviation, 0..1 scale
@@ -83,7 +83,7 @@ class AugmentConfig:
 class TrainConfig:
     """The training loop (per fold)."""
 
-    folds: int = 2  # folds grouped by slide
+    folds: int = 2  # folds grouped by donor (patient_number of HuBMAP-20-dataset_information.csv), else by slide
     epochs: int = 20  # maximum epochs (early stopping may end sooner)
     batch_size: int = 8  # tiles per optimiser step
     lr: float = 3e-4  # AdamW learning rate (cosine decay over the epochs)
@@ -126,7 +126,7 @@ class PredictConfig:
     sigma: float = 0.125  # Gaussian sigma as a fraction of the window
     batch_size: int = 8  # windows per forward pass
     tta: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"
-    threshold: float | str = 0.5  # probability at or above which a pixel is glomerulus, or "auto": the folds' best on their validation tiles
+    threshold: float | str = 0.5  # probability at or above which a pixel is glomerulus, or "auto": the best mean Dice on the out-of-fold whole slides
     min_object_px: int = 0  # full-resolution objects smaller than this are removed
     fill_holes: bool = False  # fill holes inside predicted objects
     tissue_only: bool = True  # skip windows without tissue (they predict background)

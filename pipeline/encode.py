@@ -120,7 +120,7 @@ def postprocess(mask: np.ndarray, scale: int, min_object_px: int = 0, fill_holes
     return out
 
 
-def _strips(arr: Any, strip: int) -> Iterator[tuple[int, int, np.ndarray]]:
+def column_strips(arr: Any, strip: int) -> Iterator[tuple[int, int, np.ndarray]]:
     """(c0, c1, block) per column strip: ``arr[:, c0-1 : c1+1]`` float32, edge-replicated at the borders.
 
     Each strip is read once (one read ahead, for the right halo column).
@@ -137,31 +137,50 @@ def _strips(arr: Any, strip: int) -> Iterator[tuple[int, int, np.ndarray]]:
         left = cur[:, -1:]
 
 
-def upsample_strip(block: np.ndarray, scale: int, threshold: float, mode: str, out_height: int) -> np.ndarray:
-    """Low-res block with one halo column each side -> full-res bool strip (out_height, (w-2)*scale).
+def upsampled_blocks(
+    block: np.ndarray, scale: int, mode: str, out_height: int, floor: float
+) -> Iterator[tuple[int, int, np.ndarray | None]]:
+    """Full-res probabilities of a low-res block with one halo column each side, row block by row block.
 
-    ``bilinear``: half-pixel-centred bilinear interpolation of the probabilities
-    (what upsampling the whole map at once would give), then ``>= threshold``;
-    ``nearest``: threshold, then repeat each pixel ``scale`` x ``scale``. Rows go
-    ``ENCODE_ROW_BLOCK`` at a time (bounding the float32 temporary), and blocks with
-    nothing at or above the threshold are skipped: glomeruli are sparse.
+    Yields ``(r0, r1, probs)``: full-res rows ``r0:r1`` of the strip, ``(r1 - r0, (w-2)*scale)``
+    float32, or ``None`` where no probability of the block reaches ``floor`` (interpolation
+    never exceeds its neighbours, so nothing there can reach it: glomeruli are sparse and
+    most of a slide is skipped). ``bilinear``: half-pixel-centred bilinear interpolation
+    (what upsampling the whole map at once would give); ``nearest``: each pixel repeated
+    ``scale`` x ``scale``. Rows go ``ENCODE_ROW_BLOCK`` low-res rows at a time, which bounds
+    the float32 temporary.
     """
     h, w = block.shape
-    out = np.zeros((h * scale, (w - 2) * scale), bool)
     padded = np.concatenate([block[:1], block, block[-1:]], axis=0)  # halo rows (edge)
-    for r0 in range(0, h, ENCODE_ROW_BLOCK):
-        r1 = min(r0 + ENCODE_ROW_BLOCK, h)
-        part = padded[r0 : r1 + 2]  # rows r0-1 .. r1 of the block
-        if not (part >= threshold).any():
-            continue  # interpolation cannot reach the threshold: stays False
+    for lr0 in range(0, h, ENCODE_ROW_BLOCK):
+        lr1 = min(lr0 + ENCODE_ROW_BLOCK, h)
+        r0, r1 = lr0 * scale, min(lr1 * scale, out_height)
+        if r0 >= r1:
+            return
+        part = padded[lr0 : lr1 + 2]  # rows lr0-1 .. lr1 of the block
+        if not (part >= floor).any():
+            yield r0, r1, None
+            continue
         if mode == "nearest":
-            up = np.repeat(np.repeat(part[1:-1, 1:-1] >= threshold, scale, axis=0), scale, axis=1)
+            up = np.repeat(np.repeat(part[1:-1, 1:-1], scale, axis=0), scale, axis=1)
         else:
             t = torch.from_numpy(np.ascontiguousarray(part, dtype=np.float32))[None, None]
             up = F.interpolate(t, scale_factor=scale, mode="bilinear", align_corners=False)[0, 0]
-            up = (up[scale : (r1 - r0 + 1) * scale, scale : (w - 1) * scale] >= threshold).numpy()
-        out[r0 * scale : r1 * scale] = up
-    return out[:out_height]
+            up = up[scale : (lr1 - lr0 + 1) * scale, scale : (w - 1) * scale].numpy()
+        yield r0, r1, up[: r1 - r0]
+
+
+def upsample_strip(block: np.ndarray, scale: int, threshold: float, mode: str, out_height: int) -> np.ndarray:
+    """Low-res block with one halo column each side -> full-res bool strip (out_height, (w-2)*scale).
+
+    ``prob >= threshold`` of :func:`upsampled_blocks` (bilinear: interpolate the
+    probabilities, then threshold, which gives smoother borders than thresholding first).
+    """
+    out = np.zeros((out_height, (block.shape[1] - 2) * scale), bool)
+    for r0, r1, probs in upsampled_blocks(block, scale, mode, out_height, threshold):
+        if probs is not None:
+            out[r0:r1] = probs >= threshold
+    return out
 
 
 @dataclass
@@ -199,7 +218,7 @@ def encode_prediction_full(
     mask = post if post is not None else (np.zeros(arr.shape, bool) if keep_mask else None)
     encoder = RLEEncoder(height, width)
     strip = int(arr.chunks[1]) if hasattr(arr, "chunks") else CHUNK_COLS
-    for c0, c1, block in _strips(arr, strip):
+    for c0, c1, block in column_strips(arr, strip):
         if post is not None:
             lo, hi = max(c0 - 1, 0), min(c1 + 1, arr.shape[1])
             pb = post[:, lo:hi]

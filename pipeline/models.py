@@ -1,9 +1,11 @@
 """Model factory, checkpoints and device selection.
 
 Models come from segmentation-models-pytorch (any smp or ``tu-`` timm encoder)
-with one output channel of logits. Checkpoints hold only plain types and tensors
-so they load with ``torch.load(weights_only=True)`` (no pickled code), and they
-carry the config they were trained with, so ``load_model`` can rebuild the
+with one output channel of logits. Encoder weights never come from a model hub:
+a local file for any encoder, or ``imagenet`` for the encoders whose weights ship
+in a pip package (``pipeline.pretrained``). Checkpoints hold only plain types and
+tensors so they load with ``torch.load(weights_only=True)`` (no pickled code), and
+they carry the config they were trained with, so ``load_model`` can rebuild the
 network without being told the architecture.
 """
 
@@ -20,6 +22,7 @@ from torch import nn
 from pipeline.atomic import atomic_path
 from pipeline.config import Config, ModelConfig, config_from_dict
 from pipeline.errors import ConfigError, PipelineError
+from pipeline.pretrained import MEAN, OFFLINE_ENCODERS, STD, has_offline_weights, load_imagenet_encoder
 from pipeline.progress import get_logger
 
 log = get_logger(__name__)
@@ -105,24 +108,35 @@ def load_encoder_weights(encoder: nn.Module, path: str | os.PathLike[str]) -> No
     log.info("loaded encoder weights from %s", path)
 
 
+def _weights_source(cfg: ModelConfig) -> Path | str | None:
+    """``cfg.encoder_weights`` checked: None, a local file, or ``"imagenet"`` (offline encoders)."""
+    weights = cfg.encoder_weights
+    if not weights:
+        return None
+    candidate = Path(weights).expanduser()
+    if candidate.is_file():
+        return candidate
+    if os.sep in weights or "/" in weights or weights.endswith(_WEIGHT_SUFFIXES):
+        raise ConfigError(candidate, "model.encoder_weights: file not found")
+    if weights == "imagenet" and has_offline_weights(cfg.encoder):
+        return weights
+    raise ConfigError(
+        None,
+        f"model.encoder_weights: {weights!r} for encoder {cfg.encoder!r} would need a download; "
+        f"offline ImageNet weights exist for {', '.join(OFFLINE_ENCODERS)}; "
+        "a local weights file works for any encoder",
+    )
+
+
 def build_model(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
-    """An smp model with 1 output channel (logits); encoder weights None or a local file.
+    """An smp model, 1 output channel (logits); encoder weights: None, a local file or offline ImageNet.
 
     ``load_weights=False`` skips ``cfg.encoder_weights`` (used when a checkpoint's
-    state dict is about to overwrite every weight anyway).
+    state dict is about to overwrite every weight anyway), so rebuilding a checkpoint
+    never needs the weight packages.
     """
     arch = _arch_name(cfg.arch)
-    weights = cfg.encoder_weights if load_weights else None
-    weights_file: Path | None = None
-    smp_weights: str | None = None
-    if weights:
-        candidate = Path(weights).expanduser()
-        if candidate.is_file():
-            weights_file = candidate
-        elif os.sep in weights or "/" in weights or weights.endswith(_WEIGHT_SUFFIXES):
-            raise ConfigError(candidate, "model.encoder_weights: file not found")
-        else:
-            smp_weights = weights  # a named smp/timm variant such as "imagenet" (needs network)
+    source = _weights_source(cfg) if load_weights else None
     extra: dict[str, object] = {}
     if cfg.decoder_channels is not None:
         if arch not in ("Unet", "UnetPlusPlus") or len(cfg.decoder_channels) != 5:
@@ -134,15 +148,20 @@ def build_model(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
         extra["decoder_channels"] = tuple(cfg.decoder_channels)
     try:
         model = smp.create_model(
-            arch, encoder_name=cfg.encoder, encoder_weights=smp_weights, in_channels=3, classes=1, **extra
+            arch, encoder_name=cfg.encoder, encoder_weights=None, in_channels=3, classes=1, **extra
         )
     except (KeyError, ValueError, RuntimeError) as err:
         msg = err.args[0] if err.args else err
         raise ConfigError(None, f"model: cannot build {arch} with encoder {cfg.encoder!r}: {msg}") from None
-    except OSError as err:  # download of named weights without network
-        raise ConfigError(None, f"model.encoder_weights: cannot fetch {smp_weights!r}: {err}") from None
-    if weights_file is not None:
-        load_encoder_weights(model.encoder, weights_file)
+    if isinstance(source, Path):
+        load_encoder_weights(model.encoder, source)
+    elif source == "imagenet":
+        load_imagenet_encoder(model.encoder, cfg.encoder)
+        if not torch.allclose(torch.tensor([*cfg.mean, *cfg.std]), torch.tensor([*MEAN, *STD]), atol=0.01):
+            log.warning(
+                "model.encoder_weights: imagenet for %s expects model.mean/std %s/%s, config has %s/%s",
+                cfg.encoder, list(MEAN), list(STD), list(cfg.mean), list(cfg.std),
+            )
     return model
 
 

@@ -556,11 +556,14 @@ def load_models(checkpoints: Sequence[str | os.PathLike[str]], device: torch.dev
     return models, settings[0], settings[1], metas
 
 
-def run_predict(slide_path, checkpoints: list[Path], tissue_png, out_zarr, config: Config) -> None:
+def run_predict(
+    slide_path, checkpoints: list[Path], tissue_png, out_zarr, config: Config, threshold_json=None
+) -> None:
     """Stage entry point: ensemble + TTA consensus over one slide -> ``predictions/{id}.zarr``.
 
-    With ``predict.threshold: auto`` the store's attrs also get the ensemble's pooled
-    out-of-fold threshold (:func:`pipeline.thresholds.choose`), which encoding uses.
+    With ``predict.threshold: auto`` the store's attrs also get the out-of-fold threshold
+    and the Dice it came from (``threshold_json``, written by :func:`pipeline.oof.summarise`),
+    which encoding uses.
     """
     from pipeline.models import select_device
     from pipeline.slides import open_slide
@@ -568,9 +571,15 @@ def run_predict(slide_path, checkpoints: list[Path], tissue_png, out_zarr, confi
 
     cfg = config.predict
     thresholds.check_setting(cfg.threshold)
+    extra: dict[str, Any] = {}
+    if cfg.threshold == thresholds.AUTO:
+        if threshold_json is None:
+            raise ConfigError(None, "predict.threshold is 'auto' but no out-of-fold threshold was given "
+                                    "(--threshold-json evaluation/threshold.json, written by oof-summary)")
+        extra = thresholds.read_choice(threshold_json)
+        log.info("predict.threshold auto: %.2f (%s)", extra[thresholds.STORE_ATTR], extra[thresholds.SOURCE_ATTR])
     device = select_device(cfg.device)
-    models, mean, std, metas = load_models(checkpoints, device, config)
-    extra: dict[str, Any] = thresholds.choose(metas, checkpoints) if cfg.threshold == thresholds.AUTO else {}
+    models, mean, std, _ = load_models(checkpoints, device, config)
     with open_slide(slide_path, backend=config.slides.backend) as reader:
         tissue = load_tissue(tissue_png, reader.shape) if (tissue_png and cfg.tissue_only) else None
         if tissue_png:

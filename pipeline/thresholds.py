@@ -1,98 +1,88 @@
 """The out-of-fold threshold: ``predict.threshold: auto``.
 
-A model trained from scratch on a few slides is rarely calibrated, so 0.5 is not
-always the probability that separates glomerulus from tissue best. Each fold
-scores its own validation tiles (slides it never trained on) at a grid of
-thresholds once training ends, with its best checkpoint, and stores the pixel
-counts in ``model.pt`` (``oof_thresholds``) and ``thresholds.csv``. The predict
-stage pools the counts of the ensemble's folds (so every validation tile weighs
-the same), picks the threshold of the highest pooled Dice and records it in the
-prediction store's attrs; the encode stage reads it from there. Choosing it never
-looks at a test slide.
+A model trained on a few slides is rarely calibrated, so 0.5 is not always the
+probability that separates glomerulus from tissue best. The threshold is chosen
+where it is used: on whole slides. :mod:`pipeline.oof` runs the real predictor
+(consensus, TTA) of each fold over that fold's validation slides, upsamples the
+map exactly as encoding does and counts, for every threshold of :data:`GRID`,
+the predicted and the correctly predicted full-resolution pixels against the
+slide's truth (:class:`ThresholdCounts`). The threshold with the highest *mean
+per-slide* Dice (Kaggle's score) over all out-of-fold slides wins; the predict
+stage records it, and the Dice it came from, in the prediction store's attrs and
+encoding reads it from there. Choosing it never looks at a test slide.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
-from pipeline.atomic import write_csv_atomic
+from pipeline.atomic import write_text_atomic
 from pipeline.errors import ConfigError, DataError
 from pipeline.metrics import dice_from_counts
-from pipeline.progress import get_logger
-
-log = get_logger(__name__)
 
 AUTO = "auto"
 #: candidate thresholds, 0.05 .. 0.95
 GRID: tuple[float, ...] = tuple(round(0.05 * i, 2) for i in range(1, 20))
 STORE_ATTR = "threshold"
+SOURCE_ATTR = "threshold_source"
 
 
 class ThresholdCounts:
-    """Pixel counts of ``prob >= t`` against the truth for every ``t`` of a grid, accumulated over batches."""
+    """Pixel counts of ``prob >= t`` against the truth for every ``t`` of a grid, accumulated block by block."""
 
     def __init__(self, grid: Sequence[float] = GRID) -> None:
-        self.grid = tuple(float(t) for t in grid)
-        self.intersection = [0] * len(self.grid)
-        self.predicted = [0] * len(self.grid)
+        self.grid = np.asarray(sorted(float(t) for t in grid), np.float64)
+        self.intersection = np.zeros(len(self.grid), np.int64)
+        self.predicted = np.zeros(len(self.grid), np.int64)
         self.truth = 0
 
-    def add(self, prob: torch.Tensor, truth: torch.Tensor) -> None:
-        """Count one batch: ``prob`` in [0, 1] and a same-shape truth (nonzero = glomerulus)."""
-        positive = truth > 0
-        self.truth += int(positive.sum())
-        p_pos = prob[positive]
-        for i, t in enumerate(self.grid):
-            self.intersection[i] += int((p_pos >= t).sum())
-            self.predicted[i] += int((prob >= t).sum())
+    def add(self, prob: np.ndarray | None, truth: np.ndarray) -> None:
+        """Count one block: ``prob`` in [0, 1] (None: nothing reaches the lowest threshold) and its truth."""
+        positive = np.asarray(truth) != 0
+        self.truth += int(np.count_nonzero(positive))
+        if prob is None:
+            return
+        # how many thresholds each pixel reaches: pixels reaching grid[i] count for every t <= grid[i]
+        reached = np.searchsorted(self.grid, np.asarray(prob, np.float32).ravel(), side="right")
+        n = len(self.grid) + 1
+        per_level = np.bincount(reached, minlength=n)
+        per_level_pos = np.bincount(reached[positive.ravel()], minlength=n)
+        self.predicted += np.cumsum(per_level[::-1])[::-1][1:]
+        self.intersection += np.cumsum(per_level_pos[::-1])[::-1][1:]
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain lists and ints: what goes into a checkpoint (``torch.load(weights_only=True)`` reads it)."""
-        return {"grid": list(self.grid), "intersection": list(self.intersection),
-                "predicted": list(self.predicted), "truth": int(self.truth)}
+        """Plain lists and ints (CSV / JSON friendly)."""
+        return {"grid": [round(float(t), 6) for t in self.grid], "intersection": self.intersection.tolist(),
+                "predicted": self.predicted.tolist(), "truth": int(self.truth)}
 
 
 def dice_curve(counts: Mapping[str, Any]) -> list[tuple[float, float]]:
-    """``[(threshold, Dice)]`` of one set of counts (``ThresholdCounts.as_dict()`` or pooled)."""
+    """``[(threshold, Dice)]`` of one slide's counts (``ThresholdCounts.as_dict()``)."""
     return [
-        (float(t), dice_from_counts(inter, pred, counts["truth"]))
+        (float(t), dice_from_counts(int(inter), int(pred), int(counts["truth"])))
         for t, inter, pred in zip(counts["grid"], counts["intersection"], counts["predicted"], strict=True)
     ]
 
 
-def pool(curves: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """Sum the counts of several folds (all on the same grid)."""
-    if not curves:
-        raise ValueError("pool: no counts")
-    grid = list(curves[0]["grid"])
-    for c in curves[1:]:
-        if list(c["grid"]) != grid:
-            raise ValueError("pool: folds were scored on different threshold grids")
-    return {
-        "grid": grid,
-        "intersection": [sum(c["intersection"][i] for c in curves) for i in range(len(grid))],
-        "predicted": [sum(c["predicted"][i] for c in curves) for i in range(len(grid))],
-        "truth": sum(int(c["truth"]) for c in curves),
-    }
+def mean_dice_curve(per_slide: Sequence[Mapping[str, Any]]) -> list[tuple[float, float]]:
+    """``[(threshold, mean Dice over slides)]``: Kaggle's score at each threshold. Slides share one grid."""
+    if not per_slide:
+        raise ValueError("mean_dice_curve: no slides")
+    grid = [float(t) for t in per_slide[0]["grid"]]
+    if any([float(t) for t in c["grid"]] != grid for c in per_slide[1:]):
+        raise ValueError("mean_dice_curve: slides were scored on different threshold grids")
+    curves = np.array([[d for _, d in dice_curve(c)] for c in per_slide])
+    return list(zip(grid, curves.mean(axis=0).tolist(), strict=True))
 
 
-def best_threshold(curves: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
-    """(threshold, pooled Dice) of the highest pooled Dice; ties go to the threshold nearest 0.5."""
-    scored = dice_curve(pool(curves))
-    return max(scored, key=lambda td: (round(td[1], 12), -abs(td[0] - 0.5)))
-
-
-def write_table(counts: Mapping[str, Any], path: str | Path) -> None:
-    """``thresholds.csv``: threshold, Dice and the counts behind it (atomic)."""
-    rows = [
-        (t, round(d, 6), i, p, counts["truth"])
-        for (t, d), i, p in zip(dice_curve(counts), counts["intersection"], counts["predicted"], strict=True)
-    ]
-    write_csv_atomic(path, ["threshold", "dice", "intersection", "predicted", "truth"], rows)
+def best_threshold(per_slide: Sequence[Mapping[str, Any]]) -> tuple[float, float]:
+    """(threshold, mean per-slide Dice) of the best threshold; ties go to the one nearest 0.5."""
+    return max(mean_dice_curve(per_slide), key=lambda td: (round(td[1], 12), -abs(td[0] - 0.5)))
 
 
 def check_setting(value: float | str) -> None:
@@ -104,27 +94,22 @@ def check_setting(value: float | str) -> None:
         raise ConfigError(None, f"predict.threshold: must be in (0, 1), got {value}")
 
 
-def choose(metas: Sequence[Mapping[str, Any]], sources: Sequence[Any]) -> dict[str, Any]:
-    """Store attrs for "auto": the best pooled out-of-fold threshold of the ensemble's checkpoints.
+def write_choice(path: str | Path, threshold: float, source: str, **extra: Any) -> None:
+    """``threshold.json``: the chosen threshold, where it came from, and what it scored (atomic)."""
+    write_text_atomic(path, json.dumps({STORE_ATTR: float(threshold), SOURCE_ATTR: source, **extra}, indent=2) + "\n")
 
-    ``metas`` are the checkpoints' metadata (:func:`pipeline.models.load_model`); a
-    checkpoint without counts (``train.folds: 1``, or written before this existed)
-    adds nothing, and with none at all the threshold is 0.5, with a warning.
-    """
-    curves = [m["oof_thresholds"] for m in metas if m.get("oof_thresholds")]
-    lacking = [str(src) for src, m in zip(sources, metas, strict=True) if not m.get("oof_thresholds")]
-    if not curves:
-        log.warning("predict.threshold auto: no checkpoint holds out-of-fold counts (%s; train.folds 1 "
-                    "or older checkpoints): using 0.5", ", ".join(lacking))
-        return {STORE_ATTR: 0.5, "threshold_source": "0.5: no out-of-fold counts"}
-    if lacking:
-        log.warning("predict.threshold auto: %s hold no out-of-fold counts; using the other folds'",
-                    ", ".join(lacking))
-    threshold, dice = best_threshold(curves)
-    at_half = dict(dice_curve(pool(curves))).get(0.5)
-    log.info("predict.threshold auto: %.2f, out-of-fold Dice %.4f over %d fold(s)%s", threshold, dice,
-             len(curves), f" ({at_half:.4f} at 0.5)" if at_half is not None else "")
-    return {STORE_ATTR: threshold, "threshold_source": f"out-of-fold Dice {dice:.4f} over {len(curves)} fold(s)"}
+
+def read_choice(path: str | Path) -> dict[str, Any]:
+    """The store attrs of a ``threshold.json`` written by :func:`write_choice`, checked."""
+    path = Path(path)
+    try:
+        choice = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise DataError(path, f"cannot read the out-of-fold threshold: {err}") from None
+    value = choice.get(STORE_ATTR) if isinstance(choice, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise DataError(path, f"holds no threshold in (0, 1): {str(choice)[:200]}")
+    return {STORE_ATTR: float(value), SOURCE_ATTR: str(choice.get(SOURCE_ATTR, path))}
 
 
 def store_threshold(setting: float | str, attrs: Mapping[str, Any], source: Any = None) -> float:

@@ -1,4 +1,4 @@
-"""The training loop: folds grouped by slide, best-Dice checkpoint, resume, early stopping.
+"""The training loop: folds grouped by donor or slide, best-Dice checkpoint, resume, early stopping.
 
 One loop (:func:`fit`) serves the real per-fold training and the quick stage-1
 model of the filter pass. Everything random is derived from ``train.seed``: the
@@ -7,9 +7,12 @@ model initialisation, the tile order of each epoch and one augmentation seed per
 workers, and a resumed run continues exactly where it stopped.
 
 Outputs in ``out_dir``: ``model.pt`` (best validation Dice), ``last.pt`` (resume
-state, every epoch), ``metrics.csv`` and ``curves.png`` (every epoch), all atomic;
-with validation tiles also ``thresholds.csv``, the best model's validation Dice at
-every threshold (see :mod:`pipeline.thresholds`).
+state, every epoch), ``metrics.csv`` and ``curves.png`` (every epoch), all atomic.
+
+The per-epoch validation Dice here is a pooled pixel Dice over the validation
+slides' tiles: it picks the best epoch and stops early. The number a user should
+trust is the whole-slide out-of-fold Dice of :mod:`pipeline.oof`, which runs the
+real predictor over each validation slide once training has ended.
 """
 
 from __future__ import annotations
@@ -38,10 +41,10 @@ from pipeline.config import Config
 from pipeline.errors import ConfigError, DataError, PipelineError
 from pipeline.losses import build_loss, check_loss_schedule, uses_finetune
 from pipeline.metrics import dice_from_counts
+from pipeline.folds import assign_folds, validation_slides
 from pipeline.models import build_model, read_checkpoint, save_checkpoint, select_device
 from pipeline.progress import get_logger, progress
 from pipeline.report import plot_curves
-from pipeline.thresholds import ThresholdCounts, best_threshold, write_table
 from pipeline.tiles import open_tile_store
 
 log = get_logger(__name__)
@@ -178,30 +181,6 @@ def make_loader(
         generator=torch.Generator().manual_seed(seed),
         drop_last=drop_last,
     )
-
-
-# --------------------------------------------------------------------------- folds
-
-
-def assign_folds(slide_ids: list[str], folds: int, seed: int) -> dict[str, int]:
-    """Slide -> fold in ``0..folds-1``: a seeded shuffle dealt round-robin.
-
-    Folds are grouped by slide, so no slide is in both training and validation.
-    ``folds=1`` puts every slide in fold 0 (``train_fold`` then trains on all of
-    them without validation).
-    """
-    unique = sorted({str(s) for s in slide_ids})
-    if folds < 1:
-        raise ConfigError(None, f"train.folds: must be >= 1, got {folds}")
-    if folds > 1 and len(unique) < folds:
-        raise ConfigError(
-            None,
-            f"train.folds={folds} but only {len(unique)} training slide(s) "
-            f"({', '.join(unique) or 'none'}): folds are grouped by slide, "
-            f"use train.folds <= {max(1, len(unique))}",
-        )
-    order = np.random.default_rng(seed).permutation(len(unique))
-    return {unique[j]: i % folds for i, j in enumerate(order)}
 
 
 # --------------------------------------------------------------------------- loop helpers
@@ -366,34 +345,6 @@ def evaluate(runner: _Runner, loader: DataLoader, loss_fn: nn.Module) -> tuple[f
     return (loss_sum.item() / n if n else math.nan), dice_from_counts(*counts.tolist())
 
 
-@torch.inference_mode()
-def threshold_counts(runner: _Runner, loader: DataLoader) -> dict[str, Any]:
-    """Validation pixel counts at every threshold of :data:`pipeline.thresholds.GRID`."""
-    runner.model.eval()
-    counts = ThresholdCounts()
-    for images, masks in loader:
-        x, y = runner.batch(images, masks)
-        counts.add(torch.sigmoid(runner.forward(x).float()), y)
-    return counts.as_dict()
-
-
-def score_thresholds(runner: _Runner, loader: DataLoader, checkpoint: Path, desc: str) -> None:
-    """Score the best checkpoint's validation tiles at every threshold (``predict.threshold: auto``).
-
-    The counts go into the checkpoint (``oof_thresholds``) and ``thresholds.csv`` beside it.
-    """
-    ckpt = read_checkpoint(checkpoint)
-    runner.model.load_state_dict(ckpt["state_dict"])
-    counts = threshold_counts(runner, loader)
-    ckpt["oof_thresholds"] = counts
-    with atomic_path(checkpoint) as tmp:
-        torch.save(ckpt, tmp)
-    write_table(counts, checkpoint.parent / "thresholds.csv")
-    threshold, dice = best_threshold([counts])
-    log.info("%s: best validation threshold %.2f (Dice %.4f) for the model of epoch %d", desc, threshold, dice,
-             ckpt["epoch"])
-
-
 def _load_resume(last: Path, config: Config, data_key: str) -> dict[str, Any] | None:
     if not last.is_file():
         return None
@@ -517,46 +468,67 @@ def fit(
                 log.info("%s: early stop after epoch %d (best Dice %.4f at epoch %d)", desc, epoch,
                          best["dice"], best["epoch"])
                 break
-        if has_val and (out_dir / "model.pt").is_file():
-            score_thresholds(runner, val_loader, out_dir / "model.pt", desc)
     if history:
         write_metrics(history, out_dir)
     return pd.DataFrame(history, columns=METRIC_COLUMNS)
 
 
 def train_fold(
-    tile_index: pd.DataFrame, stores: dict[str, Path], fold: int, out_dir: str | Path, config: Config
+    tile_index: pd.DataFrame,
+    stores: dict[str, Path],
+    fold: int,
+    out_dir: str | Path,
+    config: Config,
+    assignment: dict[str, int] | None = None,
+    val_index: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Train fold ``fold``: its slides validate, the other slides train. Returns metrics.
 
-    Writes ``out_dir/model.pt`` (best validation Dice), ``last.pt``, ``metrics.csv``,
-    ``curves.png``. With ``train.folds == 1`` every slide trains and none validates.
+    ``tile_index`` holds the training tiles (the first pass's kept tiles);
+    ``assignment`` maps every slide to its fold (:func:`pipeline.folds.fold_assignment`;
+    default: each slide of the index its own group). Validation uses *every* tile of
+    the validation slides in ``val_index`` (the unfiltered ``tiles/index.csv``; default
+    ``tile_index``), so the first pass, which saw all slides, never decides what a fold
+    validates on. Writes ``out_dir/model.pt`` (best validation Dice), ``last.pt``,
+    ``metrics.csv``, ``curves.png``. With ``train.folds == 1`` every slide trains and none
+    validates.
     """
-    if "slide" not in tile_index.columns:
-        raise DataError(None, "tile index lacks column 'slide'")
+    for name, frame in (("tile index", tile_index), ("validation tile index", val_index)):
+        if frame is not None and "slide" not in frame.columns:
+            raise DataError(None, f"{name} lacks column 'slide'")
     folds = config.train.folds
-    assignment = assign_folds(tile_index["slide"].astype(str).tolist(), folds, config.train.seed)
     if not 0 <= fold < folds:
         raise ConfigError(None, f"fold {fold} out of range for train.folds={folds}")
     slides = tile_index["slide"].astype(str)
+    if assignment is None:
+        assignment = assign_folds(slides.tolist(), folds, config.train.seed)
+    unassigned = sorted(set(slides) - set(assignment))
+    if unassigned:
+        raise DataError(None, f"tile index names slide(s) {', '.join(unassigned)} that the fold assignment lacks")
     if folds == 1:
         log.warning("train.folds=1: training on every slide without validation")
-        val_slides: list[str] = []
-    else:
-        val_slides = sorted(s for s, f in assignment.items() if f == fold)
-    is_val = slides.isin(val_slides)
-    log.info("fold %d/%d: validation slides %s", fold, folds, ", ".join(val_slides) or "none")
+    val_slides = validation_slides(assignment, fold, folds)
+    val_source = tile_index if val_index is None else val_index
+    val_rows = val_source[val_source["slide"].astype(str).isin(val_slides)]
+    log.info("fold %d/%d: validation slides %s (%d tiles, unfiltered)", fold, folds,
+             ", ".join(val_slides) or "none", len(val_rows))
     meta = {"fold": int(fold), "val_slides": val_slides,
             "train_slides": sorted(s for s in assignment if s not in val_slides)}
-    return fit(tile_index[~is_val], tile_index[is_val], stores, out_dir, config, extra_meta=meta,
+    return fit(tile_index[~slides.isin(val_slides)], val_rows, stores, out_dir, config, extra_meta=meta,
                desc=f"fold {fold}")
 
 
 def run_train(
-    tile_index: pd.DataFrame, stores: dict[str, Path], fold: int, out_dir: str | Path, config: Config
+    tile_index: pd.DataFrame,
+    stores: dict[str, Path],
+    fold: int,
+    out_dir: str | Path,
+    config: Config,
+    assignment: dict[str, int] | None = None,
+    val_index: pd.DataFrame | None = None,
 ) -> None:
     """Stage entry point (``python -m pipeline train``): one fold on the kept tiles."""
-    train_fold(tile_index, stores, fold, out_dir, config)
+    train_fold(tile_index, stores, fold, out_dir, config, assignment, val_index)
 
 
 def with_epochs(config: Config, epochs: int) -> Config:

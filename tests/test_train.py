@@ -18,12 +18,12 @@ import torch
 from pipeline.augment import build_augment, seed_augment, to_tensor
 from pipeline.config import AugmentConfig, Config, load_config
 from pipeline.errors import ConfigError, DataError
+from pipeline.folds import assign_folds
 from pipeline.models import build_model, load_model
 from pipeline.train import (
     METRIC_COLUMNS,
     TileDataset,
     _Runner,
-    assign_folds,
     evaluate,
     make_loader,
     train_fold,
@@ -58,18 +58,6 @@ def data(tmp_path_factory) -> tuple[pd.DataFrame, dict[str, Path]]:
 
 
 # --------------------------------------------------------------------------- folds, augment, dataset
-
-
-def test_assign_folds_grouped_by_slide_and_seeded() -> None:
-    ids = ["b", "a", "c", "a", "d", "e", "b"]
-    folds = assign_folds(ids, 2, seed=1)
-    assert sorted(folds) == ["a", "b", "c", "d", "e"]  # one fold per slide, never split
-    assert sorted(np.bincount(list(folds.values())).tolist()) == [2, 3]
-    assert assign_folds(list(reversed(ids)), 2, seed=1) == folds  # order of input does not matter
-    assert any(assign_folds(ids, 2, seed=s) != folds for s in range(2, 10))
-    assert set(assign_folds(ids, 1, seed=0).values()) == {0}
-    with pytest.raises(ConfigError, match="train.folds=4 but only 2 training slide"):
-        assign_folds(["x", "y", "x"], 4, seed=0)
 
 
 def test_to_tensor_normalises_per_channel() -> None:
@@ -144,8 +132,7 @@ def test_training_learns_and_writes_outputs(data, tmp_path) -> None:
     print(f"validation Dice: trained {best:.3f}, untrained {untrained:.3f}")
     assert best > 0.6 and best > untrained + 0.3, (best, untrained)
 
-    assert sorted(p.name for p in out.iterdir()) == [
-        "curves.png", "last.pt", "metrics.csv", "model.pt", "thresholds.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["curves.png", "last.pt", "metrics.csv", "model.pt"]
     table = pd.read_csv(out / "metrics.csv")
     assert list(table.columns) == METRIC_COLUMNS and table["epoch"].tolist() == [1, 2, 3]
     assert (table["tiles_per_s"] > 0).all() and table["train_loss"].iloc[-1] < table["train_loss"].iloc[0]
@@ -157,14 +144,25 @@ def test_training_learns_and_writes_outputs(data, tmp_path) -> None:
     model, meta = load_model(out / "model.pt", "cpu")
     assert _val_dice(model, val, stores, config) == pytest.approx(best, abs=1e-6)
 
-    # out-of-fold threshold scan of the best model: at 0.5 it is the validation Dice again
-    scan = pd.read_csv(out / "thresholds.csv")
-    assert scan["threshold"].tolist() == pytest.approx([0.05 * i for i in range(1, 20)])
-    assert scan.loc[scan["threshold"].sub(0.5).abs().idxmin(), "dice"] == pytest.approx(best, abs=1e-3)
-    assert (scan["predicted"].diff().dropna() <= 0).all()  # a higher threshold never predicts more
-    assert meta["oof_thresholds"]["intersection"] == scan["intersection"].tolist()
-    truth_px = sum(int(np.count_nonzero(TileDataset(val, stores)[i][1])) for i in range(len(val)))
-    assert meta["oof_thresholds"]["truth"] == truth_px == scan["truth"].iloc[0] > 0
+
+
+def test_validation_takes_every_tile_of_the_validation_slides(data, tmp_path) -> None:
+    """The first pass only thins the training tiles: a fold validates on all its slides' tiles."""
+    index, stores = data
+    config = small_config(epochs=1, folds=2)
+    assignment = {s: i % 2 for i, s in enumerate(sorted(index["slide"].unique()))}
+    val_slides = sorted(s for s, f in assignment.items() if f == 1)
+    kept = index[~index["slide"].isin(val_slides) | (index["tile"] % 2 == 0)]  # the filter dropped half
+    out = tmp_path / "fold1"
+    train_fold(kept, stores, 1, out, config, assignment=assignment, val_index=index)
+    ckpt = torch.load(out / "model.pt", weights_only=True)
+    assert ckpt["val_slides"] == val_slides
+    assert ckpt["train_slides"] == sorted(set(assignment) - set(val_slides))
+    model, _ = load_model(out / "model.pt", "cpu")
+    every_tile = _val_dice(model, index[index["slide"].isin(val_slides)], stores, config)
+    assert ckpt["metrics"]["val_dice"] == pytest.approx(every_tile, abs=1e-6)
+    with pytest.raises(DataError, match="slide.*fold assignment lacks"):
+        train_fold(kept, stores, 1, tmp_path / "x", config, assignment={val_slides[0]: 1})
 
 
 def test_same_seed_same_metrics_and_exact_resume(data, tmp_path, caplog, monkeypatch) -> None:

@@ -6,6 +6,7 @@ One full run is shared by the tests; each test that changes the data works on it
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 import zarr
 
@@ -51,17 +53,27 @@ def test_full_run_writes_every_stage(first_run: tuple[Path, subprocess.Completed
     for fold in (0, 1):
         assert (results / "models" / f"fold{fold}" / "model.pt").stat().st_size > 0
         assert len(pd.read_csv(results / "models" / f"fold{fold}" / "metrics.csv")) >= 1
-        assert len(pd.read_csv(results / "models" / f"fold{fold}" / "thresholds.csv")) == 19
     submission = pd.read_csv(results / "submission.csv", dtype=str, keep_default_na=False)
     test_id = sheet.loc[sheet["split"] == "test", "id"].item()
     assert submission["id"].tolist() == [test_id]
     parse(submission["predicted"].item(), (2048, 2048))  # a valid RLE for the slide
+    # whole-slide out-of-fold validation: each training slide scored by the fold that never trained on it
+    oof = pd.read_csv(results / "evaluation" / "oof.csv", dtype={"slide": str})
+    train_ids = sorted(sheet.loc[sheet["split"] == "train", "id"])
+    assert oof["slide"].tolist() == [*train_ids, "mean"]
+    for row in oof.iloc[:-1].itertuples():
+        ckpt = torch.load(results / "models" / f"fold{int(row.fold)}" / "model.pt", weights_only=True)
+        assert row.slide in ckpt["val_slides"] and row.slide not in ckpt["train_slides"]
+        assert 0.0 <= row.dice <= 1.0 and row.truth_area > 0
+    assert len(pd.read_csv(results / "evaluation" / "oof_thresholds.csv")) == 19
+    choice = json.loads((results / "evaluation" / "threshold.json").read_text())
     store = zarr.open_array(store=str(results / "predictions" / f"{test_id}.zarr"), mode="r")
-    assert 0.0 < store.attrs["threshold"] < 1.0  # predict.threshold: auto, from the folds' validation tiles
+    assert store.attrs["threshold"] == choice["threshold"]  # predict.threshold: auto, chosen out of fold
+    assert "out-of-fold mean Dice" in store.attrs["threshold_source"]
     dice = pd.read_csv(results / "evaluation" / "dice.csv")
     assert dice["id"].tolist() == [test_id, "mean"]
     assert 0.0 <= dice["dice"].iloc[-1] <= 1.0
-    for rule in ("tissue", "tiles", "filter", "train", "predict", "encode", "submit", "evaluate"):
+    for rule in ("tissue", "tiles", "filter", "train", "oof", "oof_summary", "predict", "encode", "submit", "evaluate"):
         assert list((results / "logs" / rule).iterdir()), f"no log for {rule}"
         assert list((results / "benchmarks" / rule).iterdir()), f"no benchmark for {rule}"
     assert not list(results.rglob("*.partial")), "temporary files left behind"
@@ -92,7 +104,7 @@ def test_changed_model_settings_retrain(first_run, tmp_path: Path) -> None:
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
     result = snakemake(workdir, "--dry-run")
     ran = jobs_run(result.stdout + result.stderr)
-    assert ran["train"] == 2 and ran["predict"] == 1
+    assert ran["train"] == 2 and ran["oof"] == 2 and ran["oof_summary"] == 1 and ran["predict"] == 1
     assert "tiles" not in ran and "tissue" not in ran
 
 

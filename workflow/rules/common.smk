@@ -13,6 +13,7 @@ from pipeline.dataset import (
     discover_slides,
     polygons_path,
 )
+from pipeline.folds import fold_assignment
 
 validate(config, schema="../schemas/config.schema.yaml")
 
@@ -22,6 +23,15 @@ SLIDES = {slide.id: slide for slide in discover_slides(DATA)}
 TRAIN_IDS = sorted(i for i, s in SLIDES.items() if s.split == "train")
 TEST_IDS = sorted(i for i, s in SLIDES.items() if s.split == "test")
 FOLDS = list(range(config["train"]["folds"]))
+# Slide -> fold, grouped by donor when HuBMAP-20-dataset_information.csv names one; every job
+# that needs it gets this one assignment (train as a param, so a change retrains).
+FOLD_OF = (
+    fold_assignment(DATA, TRAIN_IDS, len(FOLDS), config["train"]["seed"])
+    if TRAIN_IDS
+    else {}
+)
+# Slides scored out of fold: every training slide when there is more than one fold.
+OOF_IDS = TRAIN_IDS if len(FOLDS) > 1 else []
 # Only the slides found, so tiles/index.csv is never read as a slide called "index".
 SLIDE_ID_PATTERN = "|".join(re.escape(i) for i in SLIDES) or "(?!)"
 LOGS = RESULTS / "logs"
@@ -56,6 +66,18 @@ def fold_models(wildcards=None):
     return [str(RESULTS / "models" / f"fold{k}" / "model.pt") for k in FOLDS]
 
 
+def fold_model_of(wildcards):
+    """The model.pt of the fold that validated on slide ``wildcards.id`` (never trained on it)."""
+    return str(RESULTS / "models" / f"fold{FOLD_OF[wildcards.id]}" / "model.pt")
+
+
+def threshold_choice(wildcards=None):
+    """evaluation/threshold.json when predict.threshold is auto (the out-of-fold choice), else nothing."""
+    if config["predict"]["threshold"] == "auto":
+        return [str(RESULTS / "evaluation" / "threshold.json")]
+    return []
+
+
 def has_test_truth():
     return (DATA / TEST_TRUTH_CSV).exists()
 
@@ -67,6 +89,7 @@ def all_outputs():
         outputs += [RESULTS / "truth" / "check.csv", RESULTS / "filter" / "kept.csv"]
         outputs += fold_models()
         outputs += [RESULTS / "models" / f"fold{k}" / "curves.png" for k in FOLDS]
+        outputs.append(RESULTS / "evaluation" / "oof.csv")
     if TRAIN_IDS and TEST_IDS:
         outputs += [RESULTS / "predictions" / f"{i}.png" for i in TEST_IDS]
         outputs += [RESULTS / "predictions" / f"{i}.geojson" for i in TEST_IDS]

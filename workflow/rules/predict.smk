@@ -6,6 +6,7 @@ rule predict:
         slide=slide_path,
         tissue=RESULTS / "tissue" / "{id}.png",
         models=fold_models,
+        threshold=threshold_choice,
     output:
         directory(RESULTS / "predictions" / "{id}.zarr"),
     log:
@@ -21,9 +22,13 @@ rule predict:
         gpu=1,
     params:
         settings=settings("slides", "predict"),
+        threshold=lambda wildcards, input: (
+            f"--threshold-json {input.threshold}" if input.threshold else ""
+        ),
     shell:
         "python -m pipeline predict --slide {input.slide} --tissue {input.tissue}"
-        " --out-zarr {output} --settings {params.settings:q} {input.models} 2> {log}"
+        " --out-zarr {output} {params.threshold} --settings {params.settings:q}"
+        " {input.models} 2> {log}"
 
 
 rule encode:

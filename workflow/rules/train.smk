@@ -1,9 +1,10 @@
-# Training, one job per fold (folds grouped by slide).
+# Training, one job per fold (folds grouped by donor, else by slide).
 
 
 rule train:
     input:
         index=RESULTS / "filter" / "kept.csv",
+        all_tiles=RESULTS / "tiles" / "index.csv",
         stores=tile_stores,
     output:
         model=RESULTS / "models" / "fold{fold}" / "model.pt",
@@ -29,7 +30,8 @@ rule train:
         tiles_dir=RESULTS / "tiles",
         out_dir=lambda wc: RESULTS / "models" / f"fold{wc.fold}",
         settings=settings("model", "train"),
+        folds=json.dumps(FOLD_OF, sort_keys=True),
     shell:
-        "python -m pipeline train --index {input.index} --tiles-dir {params.tiles_dir}"
-        " --fold {wildcards.fold} --out-dir {params.out_dir}"
-        " --settings {params.settings:q} 2> {log}"
+        "python -m pipeline train --index {input.index} --val-index {input.all_tiles}"
+        " --tiles-dir {params.tiles_dir} --fold {wildcards.fold} --out-dir {params.out_dir}"
+        " --folds {params.folds:q} --settings {params.settings:q} 2> {log}"
