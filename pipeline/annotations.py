@@ -25,7 +25,7 @@ from shapely.geometry import MultiPolygon, Polygon, box, mapping, shape
 from shapely.geometry.base import BaseGeometry
 
 from pipeline.atomic import atomic_path
-from pipeline.errors import AnnotationError
+from pipeline.errors import AnnotationError, DataError
 from pipeline.progress import get_logger
 from pipeline.rle import RLEEncoder
 
@@ -35,6 +35,10 @@ PathLike = str | os.PathLike[str]
 
 #: Geometry types a polygon file may hold.
 SUPPORTED_TYPES = ("Polygon", "MultiPolygon")
+
+#: Largest polygon file read (bytes). json + shapely take ~15x the file size in memory; real
+#: HuBMAP glomerulus files are a few MB, so 32 MiB (~0.5 GB while reading) is well above them.
+MAX_POLYGON_BYTES = 32 * 2**20
 
 #: Default colour of exported annotations (QuPath shows it), per class name.
 DEFAULT_COLOURS: dict[str, tuple[int, int, int]] = {"glomerulus": (0, 200, 90)}
@@ -111,17 +115,26 @@ def polygonal_part(geom: BaseGeometry) -> BaseGeometry | None:
     return None if out.is_empty or out.area <= 0 else out
 
 
-def read_polygons(path: PathLike, classes: Iterable[str] | None = None) -> list[BaseGeometry]:
+def read_polygons(
+    path: PathLike, classes: Iterable[str] | None = None, max_bytes: int = MAX_POLYGON_BYTES
+) -> list[BaseGeometry]:
     """Polygons of a HuBMAP / QuPath GeoJSON file, repaired, in ``(x, y)`` full-res pixels.
 
     Accepts a list of features (Kaggle's ``train/{id}.json``), a FeatureCollection or a
     single Feature; geometries must be Polygon or MultiPolygon (null geometries are
     skipped). ``classes`` keeps only features whose ``properties.classification.name``
     matches one of the names (case-insensitive). One geometry per kept feature, in file
-    order; features with no area after repair are dropped.
+    order; features with no area after repair are dropped. A file over ``max_bytes`` is a
+    DataError naming it and the limit, before anything is read (memory is ~15x the file).
     """
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise DataError(
+                path, f"polygon file of {size / 2**20:.1f} MiB is over the {max_bytes / 2**20:.0f} MiB limit "
+                "(reading takes ~15x its size in memory; HuBMAP files are a few MB): simplify or split it"
+            )
         with open(path, "rb") as fh:
             data = json.load(fh)
     except OSError as err:

@@ -49,7 +49,7 @@ class TilesConfig:
     min_tissue: float = 0.05  # minimum tissue fraction of a grid window
     centre_on_glomeruli: bool = True  # extra windows centred on each annotated glomerulus
     mask_threshold: float = 0.5  # area-averaged mask >= this -> 1
-    max_tiles_per_slide: int | None = None  # random subsample (seeded) when a slide has more
+    max_tiles_per_slide: int | None = None  # cap per slide, kept in order: centred windows (glomeruli) first, then the grid windows with the most tissue; null = no cap
     scheduler: str = "threads"  # "threads", "synchronous" or a dask.distributed address
     workers: int = 2  # threads decoding and resizing windows
 
@@ -93,7 +93,7 @@ class TrainConfig:
     finetune_from_epoch: int | None = None  # 1-based epoch from which loss_finetune applies (BCE first, then Dice)
     pos_weight: float = 1.0  # positive-class weight for "weighted_bce"
     focal_gamma: float = 2.0  # focusing parameter of the focal loss
-    patience: int = 5  # early stopping on validation Dice
+    patience: int = 5  # epochs without a better validation Dice before training stops early; 0 disables early stopping
     seed: int = 42  # fixes folds, sampling, augmentation and initialisation
     num_workers: int = 0  # data-loader workers; 0 on small CPUs, more on GPU nodes
     amp: bool = True  # mixed precision on CUDA (bf16 when supported, else fp16)

@@ -83,6 +83,17 @@ def _check_store(arr: Any, slide_shape: tuple[int, int], source: Any) -> int:
     return scale
 
 
+def strip_width(arr: Any) -> int:
+    """Columns read at a time: the array's column chunk (Zarr: an int, Dask: a tuple of sizes), else CHUNK_COLS."""
+    chunks = getattr(arr, "chunks", None)
+    if not chunks or len(chunks) < 2:
+        return CHUNK_COLS
+    cols = chunks[1]
+    if isinstance(cols, (tuple, list)):  # Dask: the size of every chunk along the axis
+        cols = max(cols, default=CHUNK_COLS)
+    return max(1, int(cols))
+
+
 def lowres_mask(arr: Any, threshold: float, band: int = 1024) -> np.ndarray:
     """``prob >= threshold`` of the whole low-res map (bool, 1/scale^2 of the slide), read in bands."""
     h, w = arr.shape
@@ -217,8 +228,7 @@ def encode_prediction_full(
         del raw
     mask = post if post is not None else (np.zeros(arr.shape, bool) if keep_mask else None)
     encoder = RLEEncoder(height, width)
-    strip = int(arr.chunks[1]) if hasattr(arr, "chunks") else CHUNK_COLS
-    for c0, c1, block in column_strips(arr, strip):
+    for c0, c1, block in column_strips(arr, strip_width(arr)):
         if post is not None:
             lo, hi = max(c0 - 1, 0), min(c1 + 1, arr.shape[1])
             pb = post[:, lo:hi]
@@ -238,6 +248,7 @@ def encode_prediction_full(
 def encode_prediction(prob_zarr: str | os.PathLike[str] | Any, slide_shape: tuple[int, int], cfg: PredictConfig) -> str:
     """Full-resolution RLE of ``prob >= cfg.threshold``, streamed in column strips.
 
+    ``prob_zarr`` is a prediction store's path, or an open array: Zarr, Dask or NumPy.
     ``cfg.threshold`` "auto" takes the threshold the predict stage stored in the store's attrs.
 
     Upsampling is ``cfg.upsample`` (bilinear by default); ``cfg.fill_holes`` and

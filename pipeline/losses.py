@@ -14,9 +14,12 @@ from segmentation_models_pytorch import losses as smp_losses
 from torch import Tensor, nn
 
 from pipeline.config import TrainConfig
+from pipeline.config_checks import check_loss_schedule, check_loss_terms
 from pipeline.errors import ConfigError
 
 LossFactory = Callable[[TrainConfig], nn.Module]
+
+__all__ = ["LOSSES", "WeightedLoss", "build_loss", "check_loss_schedule", "uses_finetune"]
 
 LOSSES: dict[str, LossFactory] = {
     "bce": lambda cfg: smp_losses.SoftBCEWithLogitsLoss(),
@@ -55,39 +58,15 @@ class WeightedLoss(nn.Module):
         return " + ".join(f"{w:g}*{n}" for n, w in self.weights.items())
 
 
-def _check_terms(terms: Mapping[str, float], key: str) -> None:
-    if not terms:
-        raise ConfigError(None, f"train.{key}: no loss terms (e.g. {{bce: 1.0, dice: 1.0}})")
-    unknown = sorted(set(terms) - set(LOSSES))
-    if unknown:
-        raise ConfigError(
-            None, f"train.{key}: unknown loss(es) {', '.join(unknown)} (known: {', '.join(LOSSES)})"
-        )
-    bad = {n: w for n, w in terms.items() if not w >= 0}
-    if bad or not any(w > 0 for w in terms.values()):
-        raise ConfigError(None, f"train.{key}: weights must be >= 0 with at least one > 0, got {dict(terms)}")
-
-
 def build_loss(cfg: TrainConfig, finetune: bool = False) -> WeightedLoss:
     """The weighted loss of ``cfg.loss`` (or of ``cfg.loss_finetune`` when ``finetune``)."""
     if finetune:
         if cfg.loss_finetune is None:
             raise ConfigError(None, "train.loss_finetune: not set")
-        _check_terms(cfg.loss_finetune, "loss_finetune")
+        check_loss_terms(cfg.loss_finetune, "loss_finetune")
         return WeightedLoss(cfg.loss_finetune, cfg)
-    _check_terms(cfg.loss, "loss")
+    check_loss_terms(cfg.loss, "loss")
     return WeightedLoss(cfg.loss, cfg)
-
-
-def check_loss_schedule(cfg: TrainConfig) -> None:
-    """Validate the loss terms and the optional fine-tune schedule early (before training)."""
-    _check_terms(cfg.loss, "loss")
-    if cfg.loss_finetune is not None:
-        _check_terms(cfg.loss_finetune, "loss_finetune")
-        if cfg.finetune_from_epoch is None or cfg.finetune_from_epoch < 1:
-            raise ConfigError(
-                None, "train.finetune_from_epoch: must be an epoch >= 1 when train.loss_finetune is set"
-            )
 
 
 def uses_finetune(cfg: TrainConfig, epoch: int) -> bool:

@@ -12,6 +12,8 @@ network without being told the architecture.
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +195,12 @@ def save_checkpoint(
         torch.save(payload, tmp)
 
 
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    """A library's message as one short line (errors print as one line on the CLI)."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "cpu") -> dict[str, Any]:
     """The checkpoint dict at ``path`` (weights_only); PipelineError if it is not one of ours."""
     path = Path(path)
@@ -200,8 +208,20 @@ def read_checkpoint(path: str | os.PathLike[str], device: torch.device | str = "
         raise PipelineError(path, "checkpoint not found")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as err:  # torch explains over several lines: keep the cause, in one
+        text = str(err)
+        found = re.search(r"GLOBAL ([\w.]+)", text)  # "Unsupported global: GLOBAL x", "unsupported GLOBAL x"
+        if found:
+            raise PipelineError(
+                path, f"refused: the file holds pickled Python objects ({found.group(1)}), not only tensors; "
+                "checkpoints load with weights_only=True so that a file never runs code"
+            ) from None
+        cause = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        raise PipelineError(
+            path, f"not a readable checkpoint: {_one_line(cause.group(1) if cause else err)}"
+        ) from None
     except Exception as err:  # noqa: BLE001 - pickle/zip errors vary; name the file
-        raise PipelineError(path, f"not a readable checkpoint: {err}") from None
+        raise PipelineError(path, f"not a readable checkpoint: {_one_line(err)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or "state_dict" not in ckpt:
         raise PipelineError(path, "not a pipeline checkpoint (no format/state_dict/config)")
     return ckpt
@@ -224,7 +244,7 @@ def load_model(path: str | os.PathLike[str], device: torch.device | str = "cpu")
         model.load_state_dict(ckpt["state_dict"], strict=True)
     except RuntimeError as err:
         raise PipelineError(
-            path, f"state dict does not match {config.model.arch}/{config.model.encoder}: {err}"
+            path, f"state dict does not match {config.model.arch}/{config.model.encoder}: {_one_line(err)}"
         ) from None
     model.to(device).eval()
     resume_only = ("state_dict", "optimizer", "scheduler", "scaler", "rng")

@@ -33,7 +33,7 @@ import pandas as pd
 
 from pipeline import rle
 from pipeline.atomic import write_csv_atomic
-from pipeline.encode import column_strips, encode_prediction_full, open_prediction, upsampled_blocks
+from pipeline.encode import column_strips, encode_prediction_full, open_prediction, strip_width, upsampled_blocks
 from pipeline.errors import DataError
 from pipeline.progress import get_logger
 from pipeline.thresholds import (
@@ -92,7 +92,7 @@ def count_thresholds(
     scale = int(arr.attrs["scale"])
     counts = ThresholdCounts(grid)
     floor = float(min(grid))
-    for c0, c1, block in column_strips(arr, int(arr.chunks[1])):
+    for c0, c1, block in column_strips(arr, strip_width(arr)):
         x0 = c0 * scale
         w = min(c1 * scale, width) - x0
         truth = rle.decode_window(truth_runs, (height, width), 0, x0, height, w)

@@ -40,6 +40,7 @@ import zarr
 
 from pipeline import thresholds
 from pipeline.atomic import atomic_path
+from pipeline.config_checks import check_predict_scale
 from pipeline.errors import ConfigError, DataError
 from pipeline.progress import get_logger, progress
 
@@ -99,11 +100,7 @@ def weight_map(size: int, blend: str = "gaussian", sigma: float = 0.125) -> np.n
 
 def model_scale(cfg: PredictConfig) -> int:
     """Full-res pixels per model pixel (``window / out_size``); must be an integer."""
-    if cfg.window <= 0 or cfg.out_size <= 0 or cfg.window % cfg.out_size:
-        raise ConfigError(
-            None, f"predict.window ({cfg.window}) must be a positive multiple of predict.out_size ({cfg.out_size})"
-        )
-    return cfg.window // cfg.out_size
+    return check_predict_scale(cfg)
 
 
 def _axis_positions(n: int, size: int, stride: int, origin: int) -> list[int]:

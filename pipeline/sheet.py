@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.atomic import atomic_path
-from pipeline.dataset import discover_slides, polygons_path, read_encodings
+from pipeline.dataset import UNSUPPORTED_NAME, discover_slides, polygons_path, read_encodings, unsupported_slide_files
 from pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,10 @@ TRUTH_AGREEMENT = 0.99  # Dice between train.csv and polygons below which a slid
 
 
 def write_slide_sheet(data_dir: str | Path, out_csv: str | Path, backend: str = "tifffile") -> pd.DataFrame:
-    """Write ``slides.csv``: id, split, path, height, width, levels, layout, error."""
+    """Write ``slides.csv``: id, split, path, height, width, levels, layout, error.
+
+    Files with an unsupported name (not a valid id) are listed too, with the reason in ``error``.
+    """
     from pipeline.slides import open_slide
 
     rows = []
@@ -43,6 +46,11 @@ def write_slide_sheet(data_dir: str | Path, out_csv: str | Path, backend: str = 
             log.warning("%s", err)
             row["error"] = str(err)
         rows.append(row)
+    for path in unsupported_slide_files(data_dir):  # listed, never silently dropped
+        error = f"{path}: {UNSUPPORTED_NAME}"
+        log.warning("%s", error)
+        rows.append({"id": path.name[: -len(path.suffix)], "split": path.parent.name, "path": str(path),
+                     "error": error})
     sheet = pd.DataFrame(rows, columns=SHEET_COLUMNS)
     with atomic_path(out_csv) as tmp:
         sheet.to_csv(tmp, index=False)
@@ -74,7 +82,8 @@ def check_truth(data_dir: str | Path, out_csv: str | Path, backend: str = "tifff
         row = {"id": slide.id, "height": shape[0], "width": shape[1]}
         if rle is None and poly_path is None:
             rows.append({**row, "source": "none", "status": "no truth"})
-            log.warning("%s: no train.csv row and no polygons: the slide gives no training tiles", slide.path)
+            log.warning("%s: no train.csv row and no polygons: no truth, so the slide is left out of training",
+                        slide.path)
             continue
         polygon_rle = polygons_to_rle(read_polygons(poly_path), shape) if poly_path else None
         if rle is not None:

@@ -15,7 +15,15 @@ import pandas as pd
 
 from pipeline.atomic import atomic_path
 from pipeline.config import SubmitConfig
-from pipeline.dataset import TEST_TRUTH_CSV, TRAIN_CSV, discover_slides, read_encodings, submission_order
+from pipeline.dataset import (
+    SLIDE_ID_RULE,
+    TEST_TRUTH_CSV,
+    TRAIN_CSV,
+    discover_slides,
+    read_encodings,
+    submission_order,
+    unsupported_slide_files,
+)
 from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -33,6 +41,9 @@ def write_submission(
     predictions_dir = Path(predictions_dir)
     test_ids = [s.id for s in discover_slides(data_dir) if s.split == "test"]
     ids = submission_order(data_dir, test_ids)
+    for path in unsupported_slide_files(data_dir):
+        if path.parent.name == "test":
+            log.warning("%s: not predicted and not in the submission: unsupported file name: %s", path, SLIDE_ID_RULE)
     missing = [i for i in ids if not (predictions_dir / f"{i}.rle").exists()]
     if missing:
         message = f"no prediction for {len(missing)} slide(s): {', '.join(missing)}"

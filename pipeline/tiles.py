@@ -67,14 +67,28 @@ def _clamp(start: np.ndarray, n: int, size: int) -> np.ndarray:
     return np.clip(start, 0, max(n - size, 0)).astype(np.int64)
 
 
+def check_tiles_config(cfg: TilesConfig) -> None:
+    """ConfigError naming the ``tiles.*`` key whose value the stage cannot work with.
+
+    The workflow's schema checks these too; a stage run by hand with ``--settings`` only gets this.
+    """
+    for key in ("size", "stride", "out_size"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(None, f"tiles.{key}: must be a positive number of pixels, got {getattr(cfg, key)}")
+    for key in ("min_tissue", "mask_threshold"):
+        if not 0.0 <= getattr(cfg, key) <= 1.0:
+            raise ConfigError(None, f"tiles.{key}: must be a fraction in [0, 1], got {getattr(cfg, key)}")
+    if cfg.max_tiles_per_slide is not None and cfg.max_tiles_per_slide < 1:
+        raise ConfigError(None, f"tiles.max_tiles_per_slide: must be at least 1 or null, got {cfg.max_tiles_per_slide}")
+
+
 def tile_grid(tissue: TissueMask, slide_shape: tuple[int, int], cfg: TilesConfig) -> pd.DataFrame:
     """Grid windows (``cfg.size`` px every ``cfg.stride``) with tissue >= ``cfg.min_tissue``.
 
     Columns ``y0, x0, tissue`` (tissue fraction of the window from the low-res mask).
     """
     height, width = slide_shape
-    if cfg.size <= 0 or cfg.stride <= 0:
-        raise ValueError(f"tile size and stride must be positive, got {cfg.size}, {cfg.stride}")
+    check_tiles_config(cfg)
     ys = _positions(height, cfg.size, cfg.stride)
     xs = _positions(width, cfg.size, cfg.stride)
     y0, x0 = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
@@ -101,7 +115,8 @@ def select_windows(
     """Grid + centred windows (``centred`` flag), deduplicated, capped at ``max_tiles_per_slide``.
 
     When capped, centred windows (the positives) come first, then the grid windows
-    with the most tissue; the result is sorted by position for sequential reads.
+    with the most tissue; deterministic, not a random subsample, so a cap never drops
+    the rare positives. The result is sorted by position for sequential reads.
     """
     centred = centred.copy()
     if len(centred):
@@ -450,11 +465,23 @@ def run_tiles(
     out_index_csv,
     config: Config,
 ) -> pd.DataFrame:
-    """Stage entry point: tile one slide into ``out_zarr`` and write its index CSV."""
+    """Stage entry point: tile one slide into ``out_zarr`` and write its index CSV.
+
+    A slide without truth (no ``truth_rle``, no polygons) is a DataError naming it: its
+    tiles would all train as background. The workflow leaves such slides out of training
+    at planning (:func:`pipeline.dataset.planned_slides`), as the out-of-fold check needs truth too.
+    """
     from pipeline.slides import open_slide
     from pipeline.tissue import load_tissue
 
     cfg = config.tiles
+    check_tiles_config(cfg)
+    if truth_rle is None and (polygons_path is None or not Path(polygons_path).exists()):
+        raise DataError(
+            slide_path,
+            f"slide {slide_id!r} has no train.csv row and no train/{slide_id}.json: no truth, and tiles "
+            "without truth would all train as background (add its truth, or move it out of train/)",
+        )
     with open_slide(slide_path, backend=config.slides.backend) as reader:
         shape = tuple(int(v) for v in reader.shape)
         tissue = load_tissue(tissue_png, shape)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 HIST_BINS = 256
+GREY_SATURATION = 0.02  # 99 % of a thumbnail below this: a greyscale slide (JPEG noise aside)
 
 
 @dataclass
@@ -184,7 +185,20 @@ def detect_tissue(reader: SlideReader, cfg: TissueConfig) -> TissueMask:
         mask.shape[1],
         threshold,
     )
+    if not mask.any():
+        log.warning("%s: no tissue detected: %s", getattr(reader, "path", "slide"), _no_tissue_cause(thumb, threshold))
     return TissueMask(mask=mask, downsample=downsample, thumbnail=thumb)
+
+
+def _no_tissue_cause(thumbnail: np.ndarray, threshold: float) -> str:
+    """The likely reason a slide has no tissue, for the warning: every later stage skips it."""
+    sat, _ = hsv_saturation_value(thumbnail)
+    empty = "its tiles and predictions will be empty"
+    if sat.size == 0 or float(np.quantile(sat, 0.99)) < GREY_SATURATION:
+        return (f"the slide is greyscale (no colour) and tissue is found by the saturation of its stain; {empty} "
+                f"(tissue.saturation_threshold: 0 takes every pixel darker than tissue.max_value as tissue)")
+    return (f"nothing stained enough (saturation >= {threshold:.3f}, not brighter than tissue.max_value): "
+            f"blank glass or a very faint stain; {empty} (check the slide, or lower tissue.min_saturation)")
 
 
 def _write_png(array: np.ndarray, path: str | os.PathLike[str]) -> None:

@@ -8,6 +8,10 @@ workers, and a resumed run continues exactly where it stopped.
 
 Outputs in ``out_dir``: ``model.pt`` (best validation Dice), ``last.pt`` (resume
 state, every epoch), ``metrics.csv`` and ``curves.png`` (every epoch), all atomic.
+``last.pt`` also carries the best epoch's weights, so a run resumed after a kill
+(or rerun by Snakemake after a change of a resumable setting, which deletes
+``model.pt`` but not ``last.pt``) always ends with a ``model.pt``, even when no
+epoch is left to train or none of the remaining epochs improves on the best.
 
 The per-epoch validation Dice here is a pooled pixel Dice over the validation
 slides' tiles: it picks the best epoch and stops early. The number a user should
@@ -345,7 +349,21 @@ def evaluate(runner: _Runner, loader: DataLoader, loss_fn: nn.Module) -> tuple[f
     return (loss_sum.item() / n if n else math.nan), dice_from_counts(*counts.tolist())
 
 
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in model.state_dict().items()}
+
+
+def _best_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor] | None:
+    """The best epoch's weights in a resume state: stored apart, or the last weights if it is the last epoch."""
+    if ckpt.get("best_state_dict") is not None:
+        return ckpt["best_state_dict"]
+    if ckpt.get("best", {}).get("epoch") == ckpt.get("epoch"):
+        return ckpt["state_dict"]
+    return None
+
+
 def _load_resume(last: Path, config: Config, data_key: str) -> dict[str, Any] | None:
+    """The resume state in ``last`` if this run may continue it, else None (start afresh, with a warning)."""
     if not last.is_file():
         return None
     try:
@@ -362,6 +380,13 @@ def _load_resume(last: Path, config: Config, data_key: str) -> dict[str, Any] | 
     if not same or ckpt.get("data_key") != data_key or "optimizer" not in ckpt:
         log.warning("%s was written with another config or other tiles: starting afresh", last)
         return None
+    if ckpt["epoch"] > config.train.epochs:  # the shorter run asked for cannot be cut out of a longer one
+        log.warning("%s is at epoch %d, beyond train.epochs=%d: starting afresh", last, ckpt["epoch"],
+                    config.train.epochs)
+        return None
+    if _best_state(ckpt) is None:  # written before last.pt kept the best weights
+        log.warning("%s lacks the best epoch's weights (older format): starting afresh", last)
+        return None
     return ckpt
 
 
@@ -377,9 +402,11 @@ def fit(
     """Train on ``train_index``, validate on ``val_index`` (may be empty); returns metrics.
 
     Resumes from ``out_dir/last.pt`` when it was written with the same model/train
-    config (``epochs``, ``patience``, ``num_workers``, ``device`` may differ) and the
-    same training tiles. Without validation tiles, ``model.pt`` is the last epoch and
-    there is no early stopping. ``patience <= 0`` disables early stopping.
+    config (``epochs``, ``patience``, ``num_workers``, ``device`` may differ; not an
+    ``epochs`` below the epoch reached) and the same training tiles. A resumed run
+    with no epoch left (or none improving) still writes ``model.pt`` from the best
+    weights kept in ``last.pt``. Without validation tiles, ``model.pt`` is the last
+    epoch and there is no early stopping. ``patience`` 0 disables early stopping.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -416,6 +443,8 @@ def fit(
 
         start, history = 0, []
         best = {"dice": -math.inf, "epoch": 0, "bad_epochs": 0}
+        best_state: dict[str, torch.Tensor] | None = None
+        wrote_model = False
         ckpt = _load_resume(out_dir / "last.pt", config, data_key)
         if ckpt is not None:
             model.load_state_dict(ckpt["state_dict"])
@@ -425,6 +454,7 @@ def fit(
                 scaler.load_state_dict(ckpt["scaler"])
             _set_rng_state(ckpt["rng"])
             start, history, best = ckpt["epoch"], list(ckpt["history"]), dict(ckpt["best"])
+            best_state = _best_state(ckpt)
             for group, base_lr in zip(optimizer.param_groups, scheduler.base_lrs, strict=True):
                 group["lr"] = base_lr * _lr_factor(start, tcfg.epochs)  # train.epochs may have changed
             log.info("resuming %s from %s at epoch %d", desc, out_dir / "last.pt", start)
@@ -454,13 +484,17 @@ def fit(
             history.append(row)
             if not has_val or val_dice > best["dice"]:
                 best = {"dice": val_dice if has_val else math.nan, "epoch": epoch, "bad_epochs": 0}
+                best_state = _cpu_state(model)
                 save_checkpoint(out_dir / "model.pt", model, config, epoch, row, extra=meta)
+                wrote_model = True
             else:
                 best["bad_epochs"] += 1
             write_metrics(history, out_dir)
             save_checkpoint(out_dir / "last.pt", model, config, epoch, row, extra={
                 **meta, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": _rng_state(), "history": history, "best": best})
+                "scaler": scaler.state_dict(), "rng": _rng_state(), "history": history, "best": best,
+                # the best weights too (unless they are these), so a resumed run can always write model.pt
+                **({} if best["epoch"] == epoch else {"best_state_dict": best_state})})
             log.info("%s epoch %d/%d: train_loss %.4f val_loss %.4f val_dice %.4f lr %.2e %.1fs %.1f tiles/s",
                      desc, epoch, tcfg.epochs, train_loss, val_loss, val_dice, lr, row["seconds"],
                      row["tiles_per_s"])
@@ -468,9 +502,28 @@ def fit(
                 log.info("%s: early stop after epoch %d (best Dice %.4f at epoch %d)", desc, epoch,
                          best["dice"], best["epoch"])
                 break
+        if not wrote_model:
+            _write_best_model(model, best_state, best, history, out_dir, config, meta, desc)
     if history:
         write_metrics(history, out_dir)
     return pd.DataFrame(history, columns=METRIC_COLUMNS)
+
+
+def _write_best_model(model: nn.Module, best_state: dict[str, torch.Tensor] | None, best: dict[str, Any],
+                      history: list[dict[str, float]], out_dir: Path, config: Config, meta: dict[str, Any],
+                      desc: str) -> None:
+    """model.pt from the best weights of a resumed run that trained no better epoch (or none at all).
+
+    Snakemake deletes model.pt before rerunning a killed job or one whose settings
+    changed, but keeps last.pt: without this the job would exit 0 without its output.
+    """
+    if best_state is None:
+        raise PipelineError(out_dir, f"{desc}: no epoch produced a model (no best weights to write model.pt)")
+    row = next((r for r in history if r["epoch"] == best["epoch"]), {})
+    model.load_state_dict(best_state)
+    save_checkpoint(out_dir / "model.pt", model, config, best["epoch"], row, extra=meta)
+    log.info("%s: no better epoch left to train: model.pt written from the best epoch %d of %s", desc,
+             best["epoch"], out_dir / "last.pt")
 
 
 def train_fold(

@@ -44,3 +44,42 @@ def test_nothing_written_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nothing was written"):
         with atomic_path(tmp_path / "never.txt"):
             pass
+
+
+def test_stale_partials_are_removed_live_ones_kept(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.atomic import REMOTE_STALE_HOURS, partial_name, remove_stale_partials
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(ended.stdout)
+    host = socket.gethostname()
+    predictions = tmp_path / "predictions"
+    predictions.mkdir()
+    killed_store = predictions / f".a.zarr.{dead_pid}@{host}.partial"  # a killed job's Zarr store
+    (killed_store / "c").mkdir(parents=True)
+    (killed_store / "c" / "0").write_bytes(b"x")
+    killed_file = tmp_path / f".slides.csv.{dead_pid}@{host}.partial"
+    killed_file.write_text("half")
+    live = predictions / partial_name("b.rle")  # this process: still writing
+    live.write_text("half")
+    remote_old = predictions / f".c.rle.{dead_pid}@other-node.partial"  # another host, long untouched
+    remote_old.write_text("half")
+    old = time.time() - (REMOTE_STALE_HOURS + 1) * 3600
+    os.utime(remote_old, (old, old))
+    remote_new = predictions / f".d.rle.{dead_pid}@other-node.partial"  # another host, maybe running
+    remote_new.write_text("half")
+    inside_store = predictions / "e.zarr" / f".x.{dead_pid}@{host}.partial"  # never inside a Zarr store
+    inside_store.parent.mkdir()
+    inside_store.write_text("chunk")
+    result = tmp_path / "predictions" / "f.rle"
+    result.write_text("1 2")
+
+    removed = remove_stale_partials(tmp_path)
+    assert removed == sorted([killed_store, killed_file, remote_old])
+    assert not killed_store.exists() and not killed_file.exists() and not remote_old.exists()
+    assert live.exists() and remote_new.exists() and inside_store.exists() and result.exists()

@@ -101,3 +101,34 @@ def test_small_configs_set_every_key_the_real_config_sets(name: str) -> None:
     real = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     small = yaml.safe_load((REPO / name).read_text())
     assert _leaf_keys(real) - {"data_dir", "results_dir"} <= _leaf_keys(small)
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """The ``# ...`` comment after each field of a config dataclass (its description)."""
+    import inspect
+    import re
+
+    lines, _ = inspect.getsourcelines(cls)
+    return {m[1]: m[2] for line in lines if (m := re.match(r"\s+(\w+): .*?  # (.*)$", line))}
+
+
+def test_schema_descriptions_equal_config_comments() -> None:
+    def walk(cls: type, schema: dict, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        comments = _field_comments(cls)
+        for field in dataclasses.fields(cls):
+            prop = schema["properties"][field.name]
+            if dataclasses.is_dataclass(hints[field.name]):
+                walk(hints[field.name], prop, f"{prefix}{field.name}.")
+            else:
+                assert prop.get("description") == comments.get(field.name), f"{prefix}{field.name}"
+
+    walk(Config, SCHEMA, "")
+
+
+def test_patience_zero_disables_early_stopping_in_schema_and_config() -> None:
+    jsonschema.validate({"train": {"patience": 0}}, SCHEMA)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"train": {"patience": -1}}, SCHEMA)
+    assert load_config(None, {"train": {"patience": 0}}).train.patience == 0
+    assert "0 disables early stopping" in SCHEMA["properties"]["train"]["properties"]["patience"]["description"]

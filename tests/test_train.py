@@ -217,6 +217,38 @@ def test_resume_with_more_epochs(data, tmp_path, caplog) -> None:
     assert fresh["epoch"].tolist() == [1] and "starting afresh" in caplog.text
 
 
+def test_resumed_run_without_epochs_left_still_writes_the_model(data, tmp_path, caplog) -> None:
+    """Snakemake deletes model.pt (not last.pt) before a rerun: the rerun must write it again."""
+    index, stores = data
+    index = index[index["slide"] != "slide2"].groupby("slide").head(6)
+    train_fold(index, stores, 1, tmp_path, small_config(epochs=2, folds=2))
+    first = torch.load(tmp_path / "model.pt", weights_only=True)
+    (tmp_path / "model.pt").unlink()  # a kill after the last epoch, or a changed patience/device
+
+    caplog.set_level(logging.INFO, logger="pipeline.train")
+    metrics = train_fold(index, stores, 1, tmp_path, small_config(epochs=2, folds=2, patience=1))
+    assert "epoch 1/2" not in caplog.text and "epoch 2/2:" not in caplog.text  # nothing retrained
+    assert "model.pt written from the best epoch" in caplog.text
+    again = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert again["epoch"] == first["epoch"] == int(metrics.loc[metrics["val_dice"].idxmax(), "epoch"])
+    assert again["metrics"] == first["metrics"]
+    for key, value in first["state_dict"].items():
+        assert torch.equal(again["state_dict"][key], value), key
+
+    # one more epoch that may or may not improve: model.pt is the best epoch either way
+    (tmp_path / "model.pt").unlink()
+    metrics = train_fold(index, stores, 1, tmp_path, small_config(epochs=3, folds=2))
+    assert metrics["epoch"].tolist() == [1, 2, 3]
+    best_epoch = int(metrics.loc[metrics["val_dice"].idxmax(), "epoch"])
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == best_epoch
+
+    # fewer epochs than last.pt reached: that shorter run cannot be cut out of it, so it starts afresh
+    caplog.clear()
+    shorter = train_fold(index, stores, 1, tmp_path, small_config(epochs=1, folds=2))
+    assert shorter["epoch"].tolist() == [1] and "beyond train.epochs=1: starting afresh" in caplog.text
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["epoch"] == 1
+
+
 def test_data_loader_workers_give_the_same_result(data, tmp_path) -> None:
     """Per-sample augmentation seeds: worker processes change nothing (and do not deadlock)."""
     index, stores = data

@@ -38,13 +38,19 @@ def make_workdir(workdir: Path, n_train: int = 2, n_test: int = 1, size: int = 2
     return config
 
 
-def snakemake(workdir: Path, *extra: str, timeout: int = 1200) -> subprocess.CompletedProcess[str]:
-    """Run the repository's workflow in ``workdir`` with its config.yaml; output captured."""
+def snakemake_command(workdir: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment :func:`snakemake` runs (for a run started in the background)."""
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir),
         "--configfile", str(workdir / "config.yaml"), "--cores", "2", *extra,
     ]
+    return command, env
+
+
+def snakemake(workdir: Path, *extra: str, timeout: int = 1200) -> subprocess.CompletedProcess[str]:
+    """Run the repository's workflow in ``workdir`` with its config.yaml; output captured."""
+    command, env = snakemake_command(workdir, *extra)
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 

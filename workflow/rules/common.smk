@@ -4,22 +4,39 @@ import json
 import re
 from pathlib import Path
 
+from snakemake.logging import logger
 from snakemake.utils import validate
 
+from pipeline.config import config_from_dict
+from pipeline.config_checks import check_config
 from pipeline.dataset import (
     SAMPLE_SUBMISSION_CSV,
     TEST_TRUTH_CSV,
     TRAIN_CSV,
     discover_slides,
+    planned_slides,
     polygons_path,
+    unsupported_slide_files,
 )
 from pipeline.folds import fold_assignment
+from pipeline.jobenv import put_python_first_on_path
 
 validate(config, schema="../schemas/config.schema.yaml")
+# Keys checked against each other (prediction vs training scale, loss names...): a bad
+# combination fails here, before any job, instead of after training.
+check_config(config_from_dict(config))
+
+# The jobs run `python -m pipeline`: the Python running Snakemake goes first on PATH, as an
+# activated venv would have it, so `.venv/bin/snakemake` works as typed (see pipeline/jobenv.py).
+put_python_first_on_path()
 
 DATA = Path(config["data_dir"])
 RESULTS = Path(config["results_dir"])
 SLIDES = {slide.id: slide for slide in discover_slides(DATA)}
+# Bad inputs warned at every planning (unsupported file names, training slides without truth,
+# train.csv ids without a slide); an empty data_dir is an error. Training slides without truth
+# are left out (no tiles, folds or out-of-fold check for them).
+SLIDES = planned_slides(DATA, SLIDES, warn=logger.warning)
 TRAIN_IDS = sorted(i for i, s in SLIDES.items() if s.split == "train")
 TEST_IDS = sorted(i for i, s in SLIDES.items() if s.split == "test")
 FOLDS = list(range(config["train"]["folds"]))
@@ -56,6 +73,27 @@ def truth_inputs(wildcards):
     """train.csv (if any) and the slide's polygons (if any): a tile store's truth."""
     polygons = polygons_path(DATA, wildcards.id)
     return optional(DATA / TRAIN_CSV) + ([str(polygons)] if polygons else [])
+
+
+def weights_file(value):
+    """[path] when a config value names a weights file (not null, not "imagenet"), else [].
+
+    As an input of the rules that read it, replacing the file at the same path reruns them
+    (and a missing one stops the run before any job, naming it).
+    """
+    return [] if value in (None, "", "imagenet") else [str(Path(value).expanduser())]
+
+
+def encoder_weights(wildcards=None):
+    """model.encoder_weights when it is a file: read whenever a model is trained (train, filter)."""
+    return weights_file(config["model"]["encoder_weights"])
+
+
+def filter_weights(wildcards=None):
+    """What the filter's first pass reads: filter.checkpoint, or the encoder weights of the model it trains."""
+    if not config["filter"]["enabled"]:
+        return []
+    return weights_file(config["filter"]["checkpoint"]) or encoder_weights()
 
 
 def tile_stores(wildcards=None):
@@ -97,23 +135,3 @@ def all_outputs():
         if has_test_truth():
             outputs.append(RESULTS / "evaluation" / "dice.csv")
     return [str(p) for p in outputs]
-
-
-def write_partial_submission():
-    """After a failed run: a submission of the slides that succeeded, naming the missing ones.
-
-    The failed jobs keep Snakemake's exit status non-zero and their errors stay in their logs;
-    ``submit.on_missing: fail`` skips this.
-    """
-    if not TEST_IDS or config["submit"]["on_missing"] != "warn":
-        return
-    predictions = RESULTS / "predictions"
-    if not any((predictions / f"{i}.rle").exists() for i in TEST_IDS):
-        return
-    log = LOGS / "submit" / "partial_submission.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    shell(
-        "python -m pipeline submit --data-dir {DATA} --predictions-dir {predictions}"
-        " --out {RESULTS}/submission.csv --settings {submit_settings:q} 2> {log}; cat {log} >&2",
-        submit_settings=settings("submit"),
-    )

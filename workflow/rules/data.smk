@@ -3,7 +3,9 @@
 
 rule slide_sheet:
     input:
-        [str(s.path) for s in SLIDES.values()],
+        # badly named slide files too: slides.csv records them with their error
+        [str(s.path) for s in SLIDES.values()]
+        + [str(p) for p in unsupported_slide_files(DATA)],
     output:
         RESULTS / "slides.csv",
     log:

@@ -5,6 +5,7 @@ rule filter:
     input:
         index=RESULTS / "tiles" / "index.csv",
         stores=tile_stores,
+        weights=filter_weights,
     output:
         scores=RESULTS / "filter" / "scores.csv",
         kept=RESULTS / "filter" / "kept.csv",

@@ -6,6 +6,7 @@ rule train:
         index=RESULTS / "filter" / "kept.csv",
         all_tiles=RESULTS / "tiles" / "index.csv",
         stores=tile_stores,
+        weights=encoder_weights,
     output:
         model=RESULTS / "models" / "fold{fold}" / "model.pt",
         metrics=RESULTS / "models" / "fold{fold}" / "metrics.csv",

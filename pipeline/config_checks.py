@@ -1,0 +1,117 @@
+"""Consistency checks across config keys, run when the workflow starts.
+
+The schema checks each key on its own; these check keys against each other (the
+prediction scale against the training scale, loss names against the known losses)
+and that the weights files the config names exist, so a bad config fails before the
+first job instead of after hours of training (or, for a missing weights file whose
+rule's output exists, not at all: Snakemake would keep the old output).
+Light on imports (no torch) so that parsing the Snakefile stays fast; the stages
+that need the same checks (:mod:`pipeline.losses`, :mod:`pipeline.predict`) call
+these functions too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from fractions import Fraction
+from pathlib import Path
+
+from pipeline.config import Config, PredictConfig, TrainConfig
+from pipeline.errors import ConfigError
+
+# The loss names pipeline.losses.LOSSES implements (a test keeps the two equal).
+LOSS_NAMES = ("bce", "weighted_bce", "dice", "focal", "lovasz")
+
+
+def check_loss_terms(terms: Mapping[str, float], key: str) -> None:
+    """ConfigError unless ``train.<key>`` names known losses with weights >= 0, one > 0."""
+    if not terms:
+        raise ConfigError(None, f"train.{key}: no loss terms (e.g. {{bce: 1.0, dice: 1.0}})")
+    unknown = sorted(set(terms) - set(LOSS_NAMES))
+    if unknown:
+        raise ConfigError(
+            None, f"train.{key}: unknown loss(es) {', '.join(unknown)} (known: {', '.join(LOSS_NAMES)})"
+        )
+    bad = {n: w for n, w in terms.items() if not w >= 0}
+    if bad or not any(w > 0 for w in terms.values()):
+        raise ConfigError(None, f"train.{key}: weights must be >= 0 with at least one > 0, got {dict(terms)}")
+
+
+def check_loss_schedule(cfg: TrainConfig) -> None:
+    """The loss terms and the optional fine-tune schedule (``loss_finetune`` from ``finetune_from_epoch``)."""
+    check_loss_terms(cfg.loss, "loss")
+    if cfg.loss_finetune is not None:
+        check_loss_terms(cfg.loss_finetune, "loss_finetune")
+        if cfg.finetune_from_epoch is None or cfg.finetune_from_epoch < 1:
+            raise ConfigError(
+                None, "train.finetune_from_epoch: must be an epoch >= 1 when train.loss_finetune is set"
+            )
+
+
+def check_predict_scale(cfg: PredictConfig) -> int:
+    """Full-res pixels per model pixel (``predict.window / predict.out_size``); must be an integer >= 1."""
+    if cfg.window <= 0 or cfg.out_size <= 0 or cfg.window % cfg.out_size:
+        raise ConfigError(
+            None, f"predict.window ({cfg.window}) must be a positive multiple of predict.out_size ({cfg.out_size})"
+        )
+    return cfg.window // cfg.out_size
+
+
+def _check_shrinks(config: Config) -> list[str]:
+    problems = []
+    for section, window_key in (("tiles", "size"), ("predict", "window")):
+        cfg = getattr(config, section)
+        window, out = getattr(cfg, window_key), cfg.out_size
+        if out > window:
+            problems.append(
+                f"{section}.out_size ({out}) is larger than {section}.{window_key} ({window}): "
+                "windows are only ever shrunk to the model's input"
+            )
+    return problems
+
+
+def _check_scales(config: Config) -> list[str]:
+    """The model must see slides at the scale it was trained on: window / out_size the same in both."""
+    tiles, predict = config.tiles, config.predict
+    if min(tiles.size, tiles.out_size, predict.window, predict.out_size) <= 0:
+        return []  # the schema (or check_predict_scale) reports these
+    trained = Fraction(tiles.size, tiles.out_size)
+    predicted = Fraction(predict.window, predict.out_size)
+    if trained == predicted:
+        return []
+    return [
+        f"predict.window/predict.out_size ({predict.window}/{predict.out_size} = 1/{float(predicted):g} scale) "
+        f"differs from tiles.size/tiles.out_size ({tiles.size}/{tiles.out_size} = 1/{float(trained):g}): "
+        "the models would predict at another scale than they were trained at"
+    ]
+
+
+def _check_weights_files(config: Config) -> list[str]:
+    """A weights file named by model.encoder_weights (unless "imagenet") or filter.checkpoint must exist."""
+    named = [("model.encoder_weights", config.model.encoder_weights)]
+    if config.filter.enabled:
+        named.append(("filter.checkpoint", config.filter.checkpoint))
+    return [
+        f"{key}: {value!r} is not an existing file"
+        + (' (nor "imagenet")' if key == "model.encoder_weights" else "")
+        for key, value in named
+        if value and value != "imagenet" and not Path(value).expanduser().is_file()
+    ]
+
+
+def check_config(config: Config) -> None:
+    """Every problem of ``config`` above at once, as one ConfigError naming the keys and values.
+
+    Relative weights paths are relative to the working directory, as in the jobs.
+    """
+    problems = _check_shrinks(config) + _check_scales(config) + _check_weights_files(config)
+    checks = [lambda: check_loss_schedule(config.train)]
+    if config.predict.out_size <= config.predict.window:  # else reported above
+        checks.insert(0, lambda: check_predict_scale(config.predict))
+    for check in checks:
+        try:
+            check()
+        except ConfigError as err:
+            problems.append(err.problem)
+    if problems:
+        raise ConfigError(None, "; ".join(problems))
