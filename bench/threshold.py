@@ -1,8 +1,10 @@
 """Does ``predict.threshold: auto`` beat 0.5? Both on the same probability maps, out of fold, on test and held-out slides.
 
-After a finished workflow run (``results_dir`` of ``--config``), prints the Kaggle Dice per slide
-at the out-of-fold threshold (``evaluation/threshold.json``) beside the Dice at a fixed
-threshold (``--fixed``, 0.5), each with the configured post-processing:
+After a finished workflow run (``results_dir`` of ``--config``, whatever its own
+``predict.threshold``), prints the Kaggle Dice per slide at the threshold ``auto`` picks from
+that run's out-of-fold curve (``evaluation/oof_thresholds.csv``: best mean per-slide Dice, ties
+to the one nearest 0.5) beside the Dice at a fixed threshold (``--fixed``, 0.5), each with the
+configured post-processing:
 
 * **out of fold**: the training slides' ``oof/{id}.zarr`` maps (where ``auto`` was chosen);
 * **test**: the run's ``predictions/{id}.zarr`` against ``test_truth.csv``;
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -71,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/threshold-bench"), help="for the held-out slides")
     args = parser.parse_args(argv)
 
+    import pandas as pd
+
     from pipeline.dataset import TEST_TRUTH_CSV, read_encodings
     from pipeline.encode import open_prediction
     from pipeline.oof import slide_truth_rle
@@ -79,10 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     data, results = Path(config.data_dir), Path(config.results_dir)
     if not args.config.is_absolute() and not results.is_absolute():
         data, results = ROOT / data, ROOT / results
-    choice = json.loads((results / "evaluation" / "threshold.json").read_text())
-    auto = float(choice["threshold"])
+    curve = pd.read_csv(results / "evaluation" / "oof_thresholds.csv")
+    best = max(zip(curve["threshold"], curve["mean_dice"], strict=True), key=lambda td: (round(td[1], 12), -abs(td[0] - 0.5)))
+    auto = float(best[0])
     pair = (auto, args.fixed)
-    print(f"out-of-fold threshold {auto:.2f} ({choice['threshold_source']}) vs fixed {args.fixed:.2f}; "
+    print(f"auto: {auto:.2f} (mean out-of-fold Dice {best[1]:.4f} before post-processing) vs fixed {args.fixed:.2f}; "
           f"post-processing: fill_holes {config.predict.fill_holes}, min_object_px {config.predict.min_object_px}")
     sets: dict[str, dict[str, tuple[Path, str]]] = {"out of fold": {}, "test": {}, "held-out": {}}
     for store in sorted((results / "oof").glob("*.zarr")):

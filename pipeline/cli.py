@@ -117,7 +117,7 @@ def cmd_filter(args: argparse.Namespace, config: Config) -> None:
 
 def cmd_train(args: argparse.Namespace, config: Config) -> None:
     from pipeline.folds import fold_assignment
-    from pipeline.train import run_train
+    from pipeline.train import train_fold
 
     index = _read_index([args.index])
     val_index = _read_index([args.val_index]) if args.val_index else None
@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace, config: Config) -> None:
         assignment = fold_assignment(args.data_dir, slides, config.train.folds, config.train.seed)
     else:
         assignment = None
-    run_train(index, stores, args.fold, args.out_dir, config, assignment, val_index)
+    train_fold(index, stores, args.fold, args.out_dir, config, assignment, val_index)
 
 
 def cmd_predict(args: argparse.Namespace, config: Config) -> None:

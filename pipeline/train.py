@@ -535,7 +535,7 @@ def train_fold(
     assignment: dict[str, int] | None = None,
     val_index: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
-    """Train fold ``fold``: its slides validate, the other slides train. Returns metrics.
+    """Train fold ``fold``: its slides validate, the other slides train (``python -m pipeline train``).
 
     ``tile_index`` holds the training tiles (the first pass's kept tiles);
     ``assignment`` maps every slide to its fold (:func:`pipeline.folds.fold_assignment`;
@@ -569,19 +569,6 @@ def train_fold(
             "train_slides": sorted(s for s in assignment if s not in val_slides)}
     return fit(tile_index[~slides.isin(val_slides)], val_rows, stores, out_dir, config, extra_meta=meta,
                desc=f"fold {fold}")
-
-
-def run_train(
-    tile_index: pd.DataFrame,
-    stores: dict[str, Path],
-    fold: int,
-    out_dir: str | Path,
-    config: Config,
-    assignment: dict[str, int] | None = None,
-    val_index: pd.DataFrame | None = None,
-) -> None:
-    """Stage entry point (``python -m pipeline train``): one fold on the kept tiles."""
-    train_fold(tile_index, stores, fold, out_dir, config, assignment, val_index)
 
 
 def with_epochs(config: Config, epochs: int) -> Config:

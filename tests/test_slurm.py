@@ -1,7 +1,7 @@
 """The workflow on a real (one-node, localhost) SLURM cluster through the executor plugin.
 
 Uses workflow/profiles/slurm as a user would; the node has no GPU, so the GPU requests of
-filter/train/predict are set to 0 on the command line (their partition stays the profile's).
+filter/train/predict/oof are set to 0 on the command line (their partition stays the profile's).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def test_workflow_runs_through_the_slurm_executor(cluster: str, tmp_path: Path) 
         "--slurm-init-seconds-before-status-checks", "2",
         "--seconds-between-status-checks", "2",
         # --set-resources replaces the profile's list: repeat its partitions, minus the GPUs.
-        "--set-resources", *(f"{rule}:{key}" for rule in ("filter", "train", "predict")
+        "--set-resources", *(f"{rule}:{key}" for rule in ("filter", "train", "predict", "oof")
                              for key in ("gpu=0", "slurm_partition=gpu")),
         timeout=1500,
     )
@@ -50,4 +50,4 @@ def test_workflow_runs_through_the_slurm_executor(cluster: str, tmp_path: Path) 
     accounting = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%j %P %T"], capture_output=True, text=True)
     states = accounting.stdout.split()
     assert "COMPLETED" in states and "FAILED" not in states
-    assert "gpu" in states, "filter/train/predict were not sent to the profile's GPU partition"
+    assert "gpu" in states, "filter/train/predict/oof were not sent to the profile's GPU partition"
