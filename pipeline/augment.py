@@ -19,7 +19,7 @@ from pipeline.config import AugmentConfig
 
 
 def build_augment(cfg: AugmentConfig) -> A.Compose:
-    """Flips, rot90, affine, colour, noise, blur, CLAHE with the configured probabilities.
+    """Flips, rot90, affine, colour, noise, blur, CLAHE, stain/scanner shifts with the configured probabilities.
 
     Families with probability 0 are left out (no cost). Geometric transforms move
     image and mask together (mask: nearest neighbour); photometric ones touch the
@@ -58,7 +58,31 @@ def build_augment(cfg: AugmentConfig) -> A.Compose:
         t.append(A.GaussianBlur(blur_limit=(3, 5), sigma_limit=(0.3, 1.2), p=cfg.blur))
     if cfg.clahe > 0:
         t.append(A.CLAHE(clip_limit=2.0, tile_grid_size=(8, 8), p=cfg.clahe))
+    t += scanner_shifts(cfg)
     return A.Compose(t)
+
+
+def scanner_shifts(cfg: AugmentConfig) -> list[A.BasicTransform]:
+    """What another lab's stain, camera and scanner do to a slide (``bench/shift.py`` measures them).
+
+    HED stain jitter (random stain-matrix presets, concentrations x0.7-1.3), per-channel
+    gains (white balance; ``MultiplicativeNoise`` with one factor per channel for the whole
+    tile), exposure (gamma and brightness, mostly darker) and JPEG re-compression.
+    """
+    t: list[A.BasicTransform] = []
+    if cfg.stain > 0:
+        t.append(A.HEStain(method="random_preset", intensity_scale_range=(0.7, 1.3),
+                           intensity_shift_range=(-0.2, 0.2), augment_background=False, p=cfg.stain))
+    if cfg.white_balance > 0:
+        t.append(A.MultiplicativeNoise(multiplier=(0.8, 1.2), per_channel=True, elementwise=False,
+                                       p=cfg.white_balance))
+    if cfg.exposure > 0:
+        t.append(A.Sequential([A.RandomGamma(gamma_limit=(60, 160), p=1.0),
+                               A.RandomBrightnessContrast(brightness_limit=(-0.4, 0.1), contrast_limit=0.1, p=1.0)],
+                              p=cfg.exposure))
+    if cfg.jpeg > 0:
+        t.append(A.ImageCompression(compression_type="jpeg", quality_range=(50, 95), p=cfg.jpeg))
+    return t
 
 
 def seed_augment(augment: A.BaseCompose, seed: int) -> None:

@@ -26,6 +26,7 @@ class SlidesConfig:
     """How slides are opened."""
 
     backend: str = "tifffile"  # "tifffile" (tifffile -> Zarr -> Dask) or "rasterio"
+    normalise: str = "none"  # colour normalisation: "none" or "reinhard" (per slide, reference stored with the model)
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,10 @@ class AugmentConfig:
     noise: float = 0.1  # Gaussian noise
     blur: float = 0.1  # Gaussian or motion blur
     clahe: float = 0.0  # contrast-limited adaptive histogram equalisation
+    stain: float = 0.0  # HED stain jitter (albumentations HEStain): another lab's stain
+    white_balance: float = 0.0  # per-channel gains 0.8-1.2: another camera's white balance
+    exposure: float = 0.0  # gamma 0.6-1.6 and brightness -40..+10 %: under/over-exposure
+    jpeg: float = 0.0  # JPEG re-compression at quality 50-95: another scanner's codec
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from pipeline.config import Config, FilterConfig, config_from_dict
 from pipeline.errors import ConfigError, DataError
 from pipeline.models import load_model, select_device
 from pipeline.progress import get_logger, progress
+from pipeline.stain import NONE, ColourNormaliser
 from pipeline.train import TileDataset, _Runner, fit, make_loader, with_epochs
 
 log = get_logger(__name__)
@@ -40,12 +41,14 @@ def score_tiles(
     stores: dict[str, Path],
     cfg: Config,
     device: torch.device | None = None,
+    colour: ColourNormaliser = NONE,
 ) -> pd.DataFrame:
     """Per-tile accuracy, Dice, pred_pos, true_pos of ``model`` (one row per index row, same order).
 
     ``cfg`` supplies the normalisation (``model.mean/std``, those the model was
-    trained with), the threshold (``filter.threshold``) and the batch size. Dice is
-    1.0 when both prediction and truth are empty.
+    trained with), the threshold (``filter.threshold``) and the batch size; ``colour``
+    the colour normalisation it was trained with. Dice is 1.0 when both prediction and
+    truth are empty.
     """
     threshold = cfg.filter.threshold
     if not 0.0 < threshold < 1.0:
@@ -54,7 +57,7 @@ def score_tiles(
     device = device or next(model.parameters()).device
     runner = _Runner(model, cfg, device)
     runner.model.eval()
-    dataset = TileDataset(tile_index, stores)
+    dataset = TileDataset(tile_index, stores, colour=colour)
     loader = make_loader(dataset, max(1, cfg.train.batch_size * 2), cfg.train.num_workers, device)
     stats = []
     for images, masks in progress(loader, total=len(loader), desc="scoring tiles", logger=log):
@@ -105,8 +108,8 @@ def _log_dropped(tile_index: pd.DataFrame, trivial: np.ndarray) -> None:
 
 
 def _stage1_model(tile_index: pd.DataFrame, stores: dict[str, Path], work_dir: Path,
-                  config: Config) -> tuple[nn.Module, Config]:
-    """The quick model (user checkpoint, or trained in ``work_dir``) and the config it was trained with."""
+                  config: Config) -> tuple[nn.Module, Config, ColourNormaliser]:
+    """The quick model (user checkpoint, or trained in ``work_dir``), its config and colour normalisation."""
     device = select_device(config.train.device)
     if config.filter.checkpoint:
         path = Path(config.filter.checkpoint).expanduser()
@@ -119,7 +122,7 @@ def _stage1_model(tile_index: pd.DataFrame, stores: dict[str, Path], work_dir: P
             desc="filter stage 1")
         model, meta = load_model(work_dir / "model.pt", device)
     trained_with = config_from_dict(meta["config"])
-    return model, dataclasses.replace(config, model=trained_with.model)
+    return model, dataclasses.replace(config, model=trained_with.model), ColourNormaliser.from_dict(meta.get("colour"))
 
 
 def run_filter(
@@ -149,8 +152,8 @@ def run_filter(
         })
         trivial = np.zeros(len(tile_index), dtype=bool)
     else:
-        model, scoring_config = _stage1_model(tile_index, stores, Path(work_dir), config)
-        scores = score_tiles(model, tile_index, stores, scoring_config)
+        model, scoring_config, colour = _stage1_model(tile_index, stores, Path(work_dir), config)
+        scores = score_tiles(model, tile_index, stores, scoring_config, colour=colour)
         trivial = trivial_mask(scores, fcfg).to_numpy()
         dropped_pos = int((trivial & (scores["true_pos"].to_numpy() > 0)).sum())
         if dropped_pos:

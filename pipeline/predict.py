@@ -26,7 +26,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,6 +43,7 @@ from pipeline.atomic import atomic_path
 from pipeline.config_checks import check_predict_scale
 from pipeline.errors import ConfigError, DataError
 from pipeline.progress import get_logger, progress
+from pipeline.stain import NONE, ColourNormaliser, tissue_stats
 
 if TYPE_CHECKING:
     from pipeline.config import Config, PredictConfig
@@ -369,6 +370,7 @@ def predict_slide(
     origin: tuple[int, int] = (0, 0),
     slide_id: str | None = None,
     extra_attrs: dict[str, Any] | None = None,
+    normalise: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> PredictStats:
     """Consensus probability map at model resolution -> Zarr array ``out_zarr`` (atomic).
 
@@ -376,6 +378,8 @@ def predict_slide(
     ``CHUNK_COLS``), with attrs ``slide_shape``, ``scale`` and the settings used.
     ``tissue`` (with ``cfg.tissue_only``) restricts windows to those with tissue;
     a slide without any yields an all-zero map. ``origin`` shifts the window grid.
+    ``normalise`` maps each uint8 window at model resolution before the model sees it
+    (the slide's colour normalisation, :func:`slide_normaliser`).
     """
     if not models:
         raise ConfigError(None, "predict: no model given")
@@ -424,7 +428,7 @@ def predict_slide(
         )
         acc = BandAccumulator(store, cfg.out_size)
         stats.accumulator_shape = acc.shape
-        _run_windows(reader, models, grid, cfg, weight, acc, scale, mean, std, device, stats, slide_id)
+        _run_windows(reader, models, grid, cfg, weight, acc, scale, mean, std, device, stats, slide_id, normalise)
         t = time.perf_counter()
         acc.finish()
         stats.accumulate_s += time.perf_counter() - t
@@ -451,6 +455,7 @@ def _run_windows(
     device: torch.device,
     stats: PredictStats,
     slide_id: str | None,
+    normalise: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> None:
     """Loader threads -> model (this thread) -> accumulator thread, each ``prefetch`` batches apart."""
     positions = grid[["y0", "x0"]].to_numpy(np.int64)
@@ -463,6 +468,8 @@ def _run_windows(
     def load(y0: int, x0: int) -> np.ndarray:
         t = time.perf_counter()
         out = read_window(reader, int(y0), int(x0), cfg.window, cfg.out_size)
+        if normalise is not None:
+            out = normalise(out)
         with lock:
             read_time[0] += time.perf_counter() - t
         return out
@@ -553,6 +560,31 @@ def load_models(checkpoints: Sequence[str | os.PathLike[str]], device: torch.dev
     return models, settings[0], settings[1], metas
 
 
+def ensemble_colour(metas: Sequence[dict[str, Any]], checkpoints: Sequence[str | os.PathLike[str]]) -> ColourNormaliser:
+    """The colour normalisation the checkpoints were trained with; members must agree (one map per slide)."""
+    colours = [ColourNormaliser.from_dict(m.get("colour")) for m in metas]
+    for colour, path in zip(colours[1:], checkpoints[1:], strict=True):
+        if colour != colours[0]:
+            raise ConfigError(path, f"ensemble members disagree on colour normalisation: {colours[0].as_dict()} "
+                                    f"vs {colour.as_dict()} (train them with the same slides.normalise and slides)")
+    return colours[0] if colours else NONE
+
+
+def slide_normaliser(
+    colour: ColourNormaliser, tissue: TissueMask | None, source: Any = None
+) -> tuple[Callable[[np.ndarray], np.ndarray] | None, dict[str, Any]]:
+    """(window map or None, attrs to record) for one slide: its tissue's colour statistics onto the reference."""
+    if not colour.active:
+        return None, {}
+    if tissue is None:
+        raise DataError(source, f"the model normalises colour ({colour.method}) with the slide's tissue "
+                                "statistics, but no tissue mask was given (--tissue)")
+    stats = tissue_stats(tissue.thumbnail, tissue.mask)
+    log.info("%s: colour normalisation %s, slide LAB mean %s -> reference %s", source or "slide", colour.method,
+             [round(v, 1) for v in stats.mean], [round(v, 1) for v in colour.reference.mean])
+    return (lambda images: colour.apply(images, stats)), {"colour": {**colour.as_dict(), "slide": stats.as_dict()}}
+
+
 def run_predict(
     slide_path, checkpoints: list[Path], tissue_png, out_zarr, config: Config, threshold_json=None
 ) -> None:
@@ -576,19 +608,24 @@ def run_predict(
         extra = thresholds.read_choice(threshold_json)
         log.info("predict.threshold auto: %.2f (%s)", extra[thresholds.STORE_ATTR], extra[thresholds.SOURCE_ATTR])
     device = select_device(cfg.device)
-    models, mean, std, _ = load_models(checkpoints, device, config)
+    models, mean, std, metas = load_models(checkpoints, device, config)
+    colour = ensemble_colour(metas, checkpoints)
     with open_slide(slide_path, backend=config.slides.backend) as reader:
-        tissue = load_tissue(tissue_png, reader.shape) if (tissue_png and cfg.tissue_only) else None
+        tissue = load_tissue(tissue_png, reader.shape) if tissue_png else None
+        normalise, colour_attrs = slide_normaliser(colour, tissue, slide_path)
+        extra.update(colour_attrs)
         if tissue_png:
             extra["tissue_png"] = str(tissue_png)
         predict_slide(
-            reader, models, tissue, cfg, out_zarr, mean, std, device, slide_id=Path(slide_path).stem, extra_attrs=extra
+            reader, models, tissue if cfg.tissue_only else None, cfg, out_zarr, mean, std, device,
+            slide_id=Path(slide_path).stem, extra_attrs=extra, normalise=normalise,
         )
 
 
 __all__ = [
     "BandAccumulator",
     "PredictStats",
+    "ensemble_colour",
     "gaussian_weight",
     "load_models",
     "model_scale",
@@ -596,6 +633,7 @@ __all__ = [
     "predict_slide",
     "read_window",
     "run_predict",
+    "slide_normaliser",
     "weight_map",
     "window_grid",
 ]

@@ -30,6 +30,7 @@ from zarr.codecs import ZstdCodec
 from pipeline.atomic import atomic_path
 from pipeline.errors import ConfigError, DataError
 from pipeline.progress import get_logger, progress
+from pipeline.stain import ColourStats, tissue_stats
 
 try:  # opencv-python-headless comes with albumentations; its INTER_AREA is ~20x numpy
     import cv2
@@ -44,6 +45,7 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 Truth = Callable[[int, int, int, int], np.ndarray]
+COLOUR_ATTR = "colour_stats"  # the slide's tissue colour statistics, for colour normalisation
 INDEX_COLUMNS = ["slide", "tile", "y0", "x0", "tissue", "positive"]
 # zstd 1: same ratio as zarr's default level on H&E tiles (~0.56) at about half the cost
 COMPRESSION_LEVEL = 1
@@ -309,14 +311,16 @@ def extract_tiles(
     out_zarr: str | os.PathLike[str],
     cfg: TilesConfig,
     slide_id: str,
+    extra_attrs: dict | None = None,
 ) -> pd.DataFrame:
     """Read, resize and store every window; returns the index rows.
 
     ``truth(y0, x0, height, width)`` gives the full-resolution 0/1 mask of a window
     inside the slide (None: masks are all zero). Rows: slide, tile (row in the
     store), y0, x0, tissue (from ``windows`` when it has that column), positive
-    (full-resolution mask fraction of the window). The store appears at
-    ``out_zarr`` only once complete.
+    (full-resolution mask fraction of the window). ``extra_attrs`` go into the store's
+    attributes (the slide's colour statistics). The store appears at ``out_zarr`` only
+    once complete.
     """
     out_zarr = Path(out_zarr)
     slide_shape = tuple(int(v) for v in reader.shape)
@@ -391,6 +395,7 @@ def extract_tiles(
                     "mask_threshold": cfg.mask_threshold,
                     "has_truth": truth is not None,
                     "index": {c: index[c].tolist() for c in INDEX_COLUMNS if c != "slide"},
+                    **(extra_attrs or {}),
                 }
             )
     finally:
@@ -413,6 +418,15 @@ def open_tile_store(path: str | os.PathLike[str]) -> tuple[zarr.Array, zarr.Arra
     if images.ndim != 4 or masks.ndim != 3 or images.shape[:3] != masks.shape:
         raise DataError(path, f"inconsistent tile store: images {images.shape}, masks {masks.shape}")
     return images, masks
+
+
+def read_colour_stats(path: str | os.PathLike[str]) -> ColourStats:
+    """The slide's colour statistics a tile store records (from its tissue thumbnail; :mod:`pipeline.stain`)."""
+    attrs = zarr.open_group(Path(path), mode="r").attrs
+    if COLOUR_ATTR not in attrs:
+        raise DataError(path, "tile store has no colour statistics (written before colour normalisation "
+                              "existed): delete it and rerun the tiles stage")
+    return ColourStats.from_dict(attrs[COLOUR_ATTR])
 
 
 def read_tile_index(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -494,7 +508,8 @@ def run_tiles(
         log.info(
             "%s: %d grid + %d centred windows -> %d tiles", slide_id, len(grid), len(centred), len(windows)
         )
-        index = extract_tiles(reader, truth, windows, out_zarr, cfg, slide_id)
+        colour = {COLOUR_ATTR: tissue_stats(tissue.thumbnail, tissue.mask).as_dict()}
+        index = extract_tiles(reader, truth, windows, out_zarr, cfg, slide_id, extra_attrs=colour)
     with atomic_path(out_index_csv) as tmp:
         index.to_csv(tmp, index=False)
     return index

@@ -39,6 +39,7 @@ import zarr
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pipeline import stain
 from pipeline.atomic import atomic_path
 from pipeline.augment import build_augment, seed_augment, to_tensor
 from pipeline.config import Config
@@ -49,7 +50,8 @@ from pipeline.folds import assign_folds, validation_slides
 from pipeline.models import build_model, read_checkpoint, save_checkpoint, select_device
 from pipeline.progress import get_logger, progress
 from pipeline.report import plot_curves
-from pipeline.tiles import open_tile_store
+from pipeline.stain import ColourNormaliser
+from pipeline.tiles import open_tile_store, read_colour_stats
 
 log = get_logger(__name__)
 
@@ -67,11 +69,17 @@ class TileDataset(Dataset):
 
     Items are ``(image uint8 (S, S, 3), mask uint8 (S, S))``. A key is a row number
     of the index, or ``(row, seed)`` to augment with a per-sample seed. Stores are
-    opened lazily in each process (safe with data-loader workers).
+    opened lazily in each process (safe with data-loader workers). ``colour`` normalises
+    each tile with its slide's statistics (from the store) *before* augmentation, as
+    prediction normalises a window before the model sees it.
     """
 
     def __init__(
-        self, index: pd.DataFrame, stores: dict[str, Path], augment: A.Compose | None = None
+        self,
+        index: pd.DataFrame,
+        stores: dict[str, Path],
+        augment: A.Compose | None = None,
+        colour: ColourNormaliser = stain.NONE,
     ) -> None:
         missing_cols = [c for c in INDEX_COLUMNS if c not in index.columns]
         if missing_cols:
@@ -98,6 +106,8 @@ class TileDataset(Dataset):
         if len(sizes) > 1:
             raise DataError(None, f"tile stores have different tile sizes {sorted(sizes)}")
         self.tile_shape: tuple[int, int] | None = sizes.pop() if sizes else None
+        self.colour = colour
+        self.slide_colour = {s: read_colour_stats(p) for s, p in self.paths.items()} if colour.active else {}
         self._arrays: dict[str, tuple[zarr.Array, zarr.Array]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -114,7 +124,10 @@ class TileDataset(Dataset):
             self._arrays[slide] = open_tile_store(self.paths[slide])
         images, masks = self._arrays[slide]
         tile = int(self.tiles[row])
-        return np.asarray(images[tile]), np.asarray(masks[tile])
+        image = np.asarray(images[tile])
+        if self.colour.active:
+            image = self.colour.apply(image, self.slide_colour[slide])
+        return image, np.asarray(masks[tile])
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
         row, seed = key if isinstance(key, tuple) else (key, None)
@@ -258,7 +271,24 @@ def _resume_key(config: Config) -> dict[str, Any]:
     """The part of the config a resumed run must share with the run that wrote last.pt."""
     d = config.to_dict()
     train = {k: v for k, v in d["train"].items() if k not in RESUMABLE_TRAIN_KEYS}
-    return {"model": d["model"], "train": train}
+    return {"model": d["model"], "train": train, "normalise": d["slides"]["normalise"]}
+
+
+def fit_colour(method: str, stores: dict[str, Path]) -> ColourNormaliser:
+    """The colour normalisation to train with: ``method`` and a reference from every slide in ``stores``.
+
+    Every slide of the training set counts (validation slides too: their colours, never
+    their labels), so every fold and the first pass share one reference, and an ensemble of
+    the folds normalises a new slide once.
+    """
+    stain.check_method(method)
+    if method == "none":
+        return stain.NONE
+    per_slide = [read_colour_stats(stores[s]) for s in sorted(stores)]
+    reference = stain.reference_stats(per_slide)
+    log.info("colour normalisation %s: reference LAB mean %s std %s from %d slide(s)", method,
+             [round(v, 1) for v in reference.mean], [round(v, 1) for v in reference.std], len(per_slide))
+    return ColourNormaliser(method, reference)
 
 
 def write_metrics(history: list[dict[str, float]], out_dir: Path) -> None:
@@ -421,10 +451,11 @@ def fit(
     val_index = val_index if val_index is not None else train_index.iloc[:0]
     device = select_device(tcfg.device)
     data_key = _data_key(train_index)
-    meta = {"data_key": data_key, **(extra_meta or {})}
+    colour = fit_colour(config.slides.normalise, stores)
+    meta = {"data_key": data_key, "colour": colour.as_dict(), **(extra_meta or {})}
 
-    train_ds = TileDataset(train_index, stores, build_augment(tcfg.augment))
-    val_ds = TileDataset(val_index, stores) if len(val_index) else None
+    train_ds = TileDataset(train_index, stores, build_augment(tcfg.augment), colour)
+    val_ds = TileDataset(val_index, stores, colour=colour) if len(val_index) else None
     sampler = EpochSampler(len(train_ds), tcfg.seed, tcfg.max_tiles_per_epoch)
     train_loader = make_loader(train_ds, tcfg.batch_size, tcfg.num_workers, device, sampler, tcfg.seed,
                                drop_last=len(sampler) > tcfg.batch_size)

@@ -108,6 +108,17 @@ def test_changed_model_settings_retrain(first_run, tmp_path: Path) -> None:
     assert "tiles" not in ran and "tissue" not in ran
 
 
+def test_colour_normalisation_retrains_on_the_same_tiles(first_run, tmp_path: Path) -> None:
+    workdir = _copy(first_run[0], tmp_path / "colour")
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config.setdefault("slides", {})["normalise"] = "reinhard"
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "--dry-run")
+    ran = jobs_run(result.stdout + result.stderr)
+    assert ran["filter"] == 1 and ran["train"] == 2 and ran["oof"] == 2 and ran["predict"] == 1
+    assert "tiles" not in ran and "tissue" not in ran  # tile stores keep raw pixels and the slide's statistics
+
+
 def test_corrupt_slides_fail_only_their_own_jobs(first_run, tmp_path: Path) -> None:
     workdir = _copy(first_run[0], tmp_path / "corrupt")
     good = next((workdir / "data" / "test").glob("*.tiff"))

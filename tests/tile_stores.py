@@ -8,6 +8,9 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from pipeline.stain import tissue_stats
+from pipeline.tiles import COLOUR_ATTR
+
 ENCODER = "tu-mobilenetv3_small_050"  # tiny timm encoder: fast on 2 shared CPU cores
 
 
@@ -20,10 +23,13 @@ def make_tile_stores(
     size: int = 64,
     seed: int = 0,
     max_discs: int = 2,
+    gains: dict[int, tuple[float, float, float]] | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Path]]:
     """Zarr tile stores as pipeline/tiles.py writes them, plus their index (slide, tile, y0, x0, tissue, positive).
 
     Positive tiles hold 1..max_discs dark discs on pink noise; then plain tissue, then glass.
+    ``gains`` tints slide ``s`` (RGB gains: another camera). The colour statistics recorded
+    are those of the slide's non-glass tiles (the tissue stage takes them from a thumbnail).
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
@@ -44,9 +50,12 @@ def make_tile_stores(
                     disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
                     img[disc] = np.array([110, 40, 120]) + rng.normal(0, 12, (disc.sum(), 3))
                     masks[i][disc] = 1
+            if gains and s in gains:
+                img = img * np.asarray(gains[s], float)
             images[i] = np.clip(img, 0, 255).astype(np.uint8)
         path = root / f"{slide}.zarr"
         group = zarr.open_group(str(path), mode="w")
+        group.attrs[COLOUR_ATTR] = tissue_stats(images[: n_pos + n_tissue]).as_dict()
         group.create_array("images", data=images, chunks=(1, size, size, 3))
         group.create_array("masks", data=masks, chunks=(1, size, size))
         stores[slide] = path

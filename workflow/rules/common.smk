@@ -56,8 +56,19 @@ BENCHMARKS = RESULTS / "benchmarks"
 
 
 def settings(*sections):
-    """The config sections a job uses, as JSON, so that it reruns when (only) these change."""
-    return json.dumps({name: config[name] for name in sections}, sort_keys=True)
+    """The config sections a job uses, as JSON, so that it reruns when (only) these change.
+
+    "section.key" takes one key of a section (e.g. "slides.backend"): slides.normalise
+    concerns training only, so changing it must not redo tissue masks or tiles.
+    """
+    out = {}
+    for name in sections:
+        section, _, key = name.partition(".")
+        if key:
+            out.setdefault(section, {})[key] = config[section][key]
+        else:
+            out[section] = config[section]
+    return json.dumps(out, sort_keys=True)
 
 
 def slide_path(wildcards):

@@ -19,7 +19,7 @@ rule slide_sheet:
         runtime=10,
     params:
         data_dir=DATA,
-        settings=settings("slides"),
+        settings=settings("slides.backend"),
     shell:
         "python -m pipeline sheet --data-dir {params.data_dir} --out {output}"
         " --settings {params.settings:q} 2> {log}"
@@ -47,7 +47,7 @@ rule truth_check:
         runtime=30,
     params:
         data_dir=DATA,
-        settings=settings("slides"),
+        settings=settings("slides.backend"),
     shell:
         "python -m pipeline truth-check --data-dir {params.data_dir} --out {output}"
         " --settings {params.settings:q} 2> {log}"

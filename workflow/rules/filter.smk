@@ -23,7 +23,7 @@ rule filter:
     params:
         tiles_dir=RESULTS / "tiles",
         work_dir=RESULTS / "filter" / "stage1",
-        settings=settings("model", "train", "filter"),
+        settings=settings("slides.normalise", "model", "train", "filter"),
     shell:
         "python -m pipeline filter --index {input.index} --tiles-dir {params.tiles_dir}"
         " --scores {output.scores} --kept {output.kept} --work-dir {params.work_dir}"

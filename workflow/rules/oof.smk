@@ -24,7 +24,7 @@ rule oof:
         gpu=1,
     params:
         data_dir=DATA,
-        settings=settings("slides", "predict"),
+        settings=settings("slides.backend", "predict"),
     shell:
         "python -m pipeline oof --slide {input.slide} --id {wildcards.id}"
         " --checkpoint {input.model} --tissue {input.tissue} --data-dir {params.data_dir}"
@@ -62,7 +62,7 @@ rule oof_summary:
     params:
         oof_dir=RESULTS / "oof",
         data_dir=DATA,
-        settings=settings("slides", "predict"),
+        settings=settings("slides.backend", "predict"),
     shell:
         "python -m pipeline oof-summary --oof-dir {params.oof_dir} --data-dir {params.data_dir}"
         " --out {output.oof} --curve {output.curve} --threshold-json {output.choice}"

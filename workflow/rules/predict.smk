@@ -21,7 +21,7 @@ rule predict:
         runtime=120,
         gpu=1,
     params:
-        settings=settings("slides", "predict"),
+        settings=settings("slides.backend", "predict"),
         threshold=lambda wildcards, input: (
             f"--threshold-json {input.threshold}" if input.threshold else ""
         ),
@@ -54,7 +54,7 @@ rule encode:
         runtime=30,
     params:
         data_dir=DATA,
-        settings=settings("slides", "predict"),
+        settings=settings("slides.backend", "predict"),
     shell:
         "python -m pipeline encode --prob-zarr {input.prob} --slide {input.slide}"
         " --id {wildcards.id} --data-dir {params.data_dir}"

@@ -47,7 +47,7 @@ rule evaluate:
         runtime=10,
     params:
         data_dir=DATA,
-        settings=settings("slides"),
+        settings=settings("slides.backend"),
     shell:
         "python -m pipeline evaluate --data-dir {params.data_dir}"
         " --submission {input.submission} --out {output}"

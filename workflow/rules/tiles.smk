@@ -21,7 +21,7 @@ rule tiles:
         runtime=60,
     params:
         data_dir=DATA,
-        settings=settings("slides", "tiles"),
+        settings=settings("slides.backend", "tiles"),
     shell:
         "python -m pipeline tiles --slide {input.slide} --id {wildcards.id}"
         " --data-dir {params.data_dir} --tissue {input.tissue}"

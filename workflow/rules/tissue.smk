@@ -18,7 +18,7 @@ rule tissue:
         mem_mb=2000,
         runtime=20,
     params:
-        settings=settings("slides", "tissue"),
+        settings=settings("slides.backend", "tissue"),
     shell:
         "python -m pipeline tissue --slide {input} --mask-png {output.mask}"
         " --thumbnail-png {output.thumbnail} --settings {params.settings:q} 2> {log}"

@@ -30,7 +30,7 @@ rule train:
     params:
         tiles_dir=RESULTS / "tiles",
         out_dir=lambda wc: RESULTS / "models" / f"fold{wc.fold}",
-        settings=settings("model", "train"),
+        settings=settings("slides.normalise", "model", "train"),
         folds=json.dumps(FOLD_OF, sort_keys=True),
     shell:
         "python -m pipeline train --index {input.index} --val-index {input.all_tiles}"
