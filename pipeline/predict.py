@@ -576,9 +576,11 @@ def slide_normaliser(
     """(window map or None, attrs to record) for one slide: its tissue's colour statistics onto the reference."""
     if not colour.active:
         return None, {}
-    if tissue is None:
+    if tissue is None or tissue.thumbnail_from_mask:
+        missing = "no tissue mask was given (--tissue)" if tissue is None else \
+            "the tissue mask has no thumbnail beside it ({id}.thumb.png, written by the tissue stage)"
         raise DataError(source, f"the model normalises colour ({colour.method}) with the slide's tissue "
-                                "statistics, but no tissue mask was given (--tissue)")
+                                f"statistics, but {missing}")
     stats = tissue_stats(tissue.thumbnail, tissue.mask)
     log.info("%s: colour normalisation %s, slide LAB mean %s -> reference %s", source or "slide", colour.method,
              [round(v, 1) for v in stats.mean], [round(v, 1) for v in colour.reference.mean])

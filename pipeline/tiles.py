@@ -508,7 +508,8 @@ def run_tiles(
         log.info(
             "%s: %d grid + %d centred windows -> %d tiles", slide_id, len(grid), len(centred), len(windows)
         )
-        colour = {COLOUR_ATTR: tissue_stats(tissue.thumbnail, tissue.mask).as_dict()}
+        # no thumbnail, no colours: a store without statistics refuses colour normalisation by name
+        colour = {} if tissue.thumbnail_from_mask else {COLOUR_ATTR: tissue_stats(tissue.thumbnail, tissue.mask).as_dict()}
         index = extract_tiles(reader, truth, windows, out_zarr, cfg, slide_id, extra_attrs=colour)
     with atomic_path(out_index_csv) as tmp:
         index.to_csv(tmp, index=False)

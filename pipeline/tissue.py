@@ -40,6 +40,7 @@ class TissueMask:
     mask: np.ndarray  # bool (h, w)
     downsample: float  # level-0 px per mask px
     thumbnail: np.ndarray  # uint8 (h, w, 3)
+    thumbnail_from_mask: bool = False  # no thumbnail file: grey drawn from the mask (no colours to measure)
     _integral: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
@@ -244,7 +245,8 @@ def load_tissue(mask_png, slide_shape: tuple[int, int], thumbnail_png=None) -> T
         if thumb.shape[:2] != mask.shape:
             raise DataError(thumb_path, f"thumbnail {thumb.shape[:2]} does not match mask {mask.shape}")
     if thumb is None:
-        thumb = np.repeat(np.where(mask, 160, 255).astype(np.uint8)[..., None], 3, axis=2)
+        drawn = np.repeat(np.where(mask, 160, 255).astype(np.uint8)[..., None], 3, axis=2)
+        return TissueMask(mask=mask, downsample=downsample, thumbnail=drawn, thumbnail_from_mask=True)
     return TissueMask(mask=mask, downsample=downsample, thumbnail=thumb)
 
 

@@ -187,3 +187,22 @@ def test_scanner_augmentations_change_colour_only_when_asked() -> None:
             np.testing.assert_array_equal(out["mask"], mask)  # photometric: the mask never moves
             changed += int(np.abs(out["image"].astype(int) - image).mean() > 1.0)
         assert changed >= 2, key
+
+
+def test_normalising_needs_the_slides_thumbnail(tmp_path: Path) -> None:
+    from pipeline.predict import slide_normaliser
+    from pipeline.tissue import load_tissue
+
+    image, mask = _tissue_image(np.random.default_rng(2))
+    save_tissue(TissueMask(mask, 1.0, image), tmp_path / "s.png", tmp_path / "s.thumb.png")
+    colour = stain.ColourNormaliser("reinhard", stain.tissue_stats(image, mask))
+    normalise, attrs = slide_normaliser(colour, load_tissue(tmp_path / "s.png", mask.shape), "s.tiff")
+    assert normalise is not None and attrs["colour"]["slide"] == stain.tissue_stats(image, mask).as_dict()
+    assert slide_normaliser(stain.NONE, None) == (None, {})
+    (tmp_path / "s.thumb.png").unlink()
+    drawn = load_tissue(tmp_path / "s.png", mask.shape)
+    assert drawn.thumbnail_from_mask
+    with pytest.raises(DataError, match=r"s.tiff.*no thumbnail beside it \(\{id\}.thumb.png"):
+        slide_normaliser(colour, drawn, "s.tiff")
+    with pytest.raises(DataError, match="no tissue mask was given"):
+        slide_normaliser(colour, None, "s.tiff")
