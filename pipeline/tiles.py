@@ -425,7 +425,8 @@ def read_colour_stats(path: str | os.PathLike[str]) -> ColourStats:
     attrs = zarr.open_group(Path(path), mode="r").attrs
     if COLOUR_ATTR not in attrs:
         raise DataError(path, "tile store has no colour statistics (written before colour normalisation "
-                              "existed): delete it and rerun the tiles stage")
+                              "existed, or its tissue mask had no {id}.thumb.png): delete it and rerun the "
+                              "tiles stage (after the tissue stage for a missing thumbnail)")
     return ColourStats.from_dict(attrs[COLOUR_ATTR])
 
 

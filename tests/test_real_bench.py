@@ -7,7 +7,6 @@ Only the builder (a few seconds); the benchmark itself runs the whole workflow a
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from collections import Counter
 from pathlib import Path
@@ -20,16 +19,13 @@ from pipeline import rle
 from pipeline.annotations import polygons_to_rle, read_polygons
 from pipeline.dataset import discover_slides, read_encodings
 from pipeline.slides import open_slide
-from tests.conftest import REPO
+from tests.conftest import load_bench_script
 
 TILE = 1024
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_real", REPO / "bench" / "real.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("real")
 
 
 @pytest.fixture(scope="module")

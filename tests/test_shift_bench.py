@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
+from tests.conftest import load_bench_script
 
 
 @pytest.fixture(scope="module")
 def shift():
-    spec = importlib.util.spec_from_file_location("bench_shift", REPO / "bench" / "shift.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("shift")
 
 
 @pytest.fixture(scope="module")
