@@ -16,9 +16,19 @@ the figure that must stay small is peak - setup. The notebook needs ~11 B per sl
 pixel; when that does not fit in the available memory it runs on a centre crop that
 does (said in the output), and the pipeline is run on the same crop for the ratios.
 
+``--data-path`` measures the data path alone instead (issue 13), each in its own process,
+on the same slide in the same run: the raw decode floor (every level-0 tile decoded once by
+N threads, no assembly), one sequential decode pass with the project's reader
+(``iter_bands``), and whole-slide prediction with the **null model** (no network: a fixed
+function of the input, so only reading, reducing, batching and accumulating are timed),
+decode-once at each ``--workers-scaling`` count and, with ``--per-window``, the old data
+path that reads and reduces every window on its own.
+
     python bench/predict.py                              # 30000 x 37000 synthetic slide, tiny model
     python bench/predict.py --model unet-resnet18 --crop 6144
     python bench/predict.py --path slide.tiff --no-baseline
+    python bench/predict.py --data-path --workers-scaling 1 2 --per-window
+    python bench/predict.py --data-path --device cuda --model unet-resnet18   # GPU-busy fraction
 """
 
 from __future__ import annotations
@@ -81,6 +91,13 @@ def build_model(kind: str):
     from torch import nn
 
     torch.manual_seed(0)
+    if kind == "null":
+        # no network: a fixed function of the input, so only the data path is timed
+        class Null(nn.Module):
+            def forward(self, x):
+                return 4.0 * (1.85 - x.mean(dim=1, keepdim=True))
+
+        return Null().eval()
     if kind == "tiny":
         # a fixed "blurred darkness" conv net, far cheaper than a U-Net on CPU: it
         # shows the pipeline's own costs, and its outputs are far from 0.5 except at
@@ -120,8 +137,12 @@ def worker(args: argparse.Namespace) -> dict:
 
     torch.set_num_threads(args.threads)
     y0, x0, h, w = args.region
-    cfg = PredictConfig(batch_size=args.batch_size, prefetch=2, workers=args.workers, tissue_only=True, device="cpu")
+    cfg = PredictConfig(batch_size=args.batch_size, prefetch=2, workers=args.workers, tissue_only=True, device=args.device)
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    if args.worker == "floor":
+        return decode_floor(Path(args.slide), args.workers)
+    if args.worker == "sequential":
+        return sequential_pass(Path(args.slide), args.workers)
     model = build_model(args.model)
     with open_slide(args.slide) as full:
         reader = full if (y0, x0, h, w) == (0, 0, *full.shape) else RegionReader(full, y0, x0, h, w)
@@ -133,7 +154,9 @@ def worker(args: argparse.Namespace) -> dict:
         setup_rss = (status_kb("VmRSS") or 0) * 1024
         t0 = time.perf_counter()
         if args.worker == "pipeline":
-            stats = P.predict_slide(reader, [model], tissue, cfg, args.out_zarr, mean, std, "cpu")
+            stats = P.predict_slide(
+                reader, [model], tissue, cfg, args.out_zarr, mean, std, args.device, decode_once=args.decode == "once"
+            )
             t1 = time.perf_counter()
             rle = encode_prediction(args.out_zarr, (h, w), cfg)
             t2 = time.perf_counter()
@@ -141,6 +164,7 @@ def worker(args: argparse.Namespace) -> dict:
                 "windows": stats.windows, "read": stats.read_s, "wait": stats.wait_s, "model": stats.model_s,
                 "accumulate": stats.accumulate_s, "predict_wall": t1 - t0, "encode": t2 - t1, "total": t2 - t0,
                 "accumulator": list(stats.accumulator_shape), "store": list(stats.store_shape),
+                "blocks": stats.blocks_read, "busy": stats.model_s / max(t1 - t0, 1e-9),
             }
         else:
             res = notebook(reader, model, tissue, cfg, mean, std, t0)
@@ -193,6 +217,82 @@ def notebook(reader, model, tissue, cfg, mean, std, t0: float) -> dict:
     }
 
 
+def decode_floor(slide: Path, threads: int) -> dict:
+    """Every level-0 tile decoded once by ``threads`` threads, nothing assembled: the physical floor."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pipeline.slides import open_slide
+
+    with open_slide(slide) as reader:
+        segs = [s for part in reader._levels[0] for s in part.segments or []]
+        if not segs:
+            raise SystemExit(f"{slide}: no tiles or strips to decode directly")
+        t0 = time.perf_counter()
+        jobs = []
+        for seg in segs:
+            indices = list(range(seg.rows * seg.cols * seg.planes))
+            for part in np.array_split(np.asarray(indices), max(1, threads) * 8):
+                jobs.append((seg, [int(i) for i in part]))
+
+        def decode(job) -> int:
+            seg, indices = job
+            n = 0
+            for data, index in seg.read(indices):
+                tile = seg.decode(data, index, **seg.kwargs)[0]
+                n += 0 if tile is None else tile.size
+            return n
+
+        with ThreadPoolExecutor(max(1, threads)) as pool:
+            samples = sum(pool.map(decode, jobs))
+        seconds = time.perf_counter() - t0
+        h, w = reader.shape
+    return {"seconds": seconds, "tiles": sum(s.rows * s.cols * s.planes for s in segs), "samples": samples,
+            "slide_mb": h * w * 3 / 1e6}
+
+
+def sequential_pass(slide: Path, threads: int) -> dict:
+    """One pass over the whole slide with the project's reader (``iter_bands``)."""
+    from pipeline.slides import open_slide
+
+    with open_slide(slide) as reader:
+        t0 = time.perf_counter()
+        check = 0
+        for _y0, band in reader.iter_bands(workers=threads):
+            check = max(check, int(band[::64, ::64].max()))
+        h, w = reader.shape
+        return {"seconds": time.perf_counter() - t0, "check": check, "slide_mb": h * w * 3 / 1e6}
+
+
+def data_path(args: argparse.Namespace, slide: Path, tissue: Path, shape: tuple[int, int], workdir: Path) -> None:
+    """The data path alone: floor, sequential pass, null-model prediction (decode once / per window)."""
+    mb = shape[0] * shape[1] * 3 / 1e6
+    rows: list[tuple[str, float, dict]] = []
+    floor = run_worker("floor", args, slide, tissue, [0, 0, *shape], workdir)
+    rows.append((f"raw tile decode floor, {args.workers} thr", floor["seconds"], floor))
+    seq = run_worker("sequential", args, slide, tissue, [0, 0, *shape], workdir)
+    rows.append((f"sequential pass (iter_bands), {args.workers} thr", seq["seconds"], seq))
+    null = argparse.Namespace(**{**vars(args), "model": "null"})
+    for workers in args.workers_scaling or [args.workers]:
+        run = argparse.Namespace(**{**vars(null), "workers": workers, "decode": "once"})
+        res = run_worker("pipeline", run, slide, tissue, [0, 0, *shape], workdir, tag=f"once-w{workers}")
+        rows.append((f"predict, null model, decode once, {workers} thr", res["predict_wall"], res))
+    if args.per_window:
+        run = argparse.Namespace(**{**vars(null), "decode": "windows"})
+        res = run_worker("pipeline", run, slide, tissue, [0, 0, *shape], workdir, tag="windows")
+        rows.append((f"predict, null model, per window, {args.workers} thr", res["predict_wall"], res))
+    base = seq["seconds"]
+    print(f"\ndata path on {shape[0]} x {shape[1]} px ({mb:.0f} MB decoded RGB), {os.cpu_count()} CPUs")
+    print(f"{'':48s}{'seconds':>9s}{'MB/s':>8s}{'windows/s':>11s}{'x seq':>7s}{'peak GB':>9s}")
+    for name, seconds, res in rows:
+        wps = f"{res['windows'] / seconds:.1f}" if "windows" in res else ""
+        print(f"{name:48s}{seconds:9.1f}{mb / seconds:8.0f}{wps:>11s}{base / seconds:7.2f}{res['peak_rss'] / GB:9.2f}")
+    for name, seconds, res in rows:
+        if "windows" in res:
+            print(f"  {name}: {res['windows']} windows, {res.get('blocks', 0)} blocks decoded, read {res['read']:.1f} s "
+                  f"in threads, model waited {res['wait']:.1f} s, model busy {100 * res['busy']:.0f} % of the wall, "
+                  f"accumulate {res['accumulate']:.1f} s")
+
+
 # ---------------------------------------------------------------- driver
 
 
@@ -226,16 +326,19 @@ def prepare(args: argparse.Namespace, workdir: Path) -> tuple[Path, Path, tuple[
     return slide, tissue_png, shape
 
 
-def run_worker(kind: str, args: argparse.Namespace, slide: Path, tissue: Path, region, workdir: Path) -> dict:
-    tag = f"{kind}-{'x'.join(map(str, region[2:]))}"
+def run_worker(
+    kind: str, args: argparse.Namespace, slide: Path, tissue: Path, region, workdir: Path, tag: str = ""
+) -> dict:
+    tag = f"{kind}-{tag or 'x'.join(map(str, region[2:]))}"
     out = workdir / f"{tag}.json"
     cmd = [
         sys.executable, __file__, "--worker", kind, "--slide", str(slide), "--tissue", str(tissue),
         "--region", *map(str, region), "--model", args.model, "--threads", str(args.threads),
         "--workers", str(args.workers), "--batch-size", str(args.batch_size),
+        "--device", args.device, "--decode", args.decode,
         "--out-json", str(out), "--out-rle", str(workdir / f"{tag}.rle"), "--out-zarr", str(workdir / f"{tag}.zarr"),
     ]
-    print(f"running {kind} on {region[2]} x {region[3]} ...", flush=True)
+    print(f"running {tag} on {region[2]} x {region[3]} ...", flush=True)
     t = time.perf_counter()
     subprocess.run(cmd, check=True)
     res = json.loads(out.read_text())
@@ -285,15 +388,20 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=30000)
     ap.add_argument("--width", type=int, default=37000)
     ap.add_argument("--path", help="reuse this slide instead of writing a synthetic one")
-    ap.add_argument("--model", choices=("tiny", "unet-resnet18"), default="tiny")
+    ap.add_argument("--model", choices=("null", "tiny", "unet-resnet18"), default="tiny")
     ap.add_argument("--crop", type=int, nargs="+", help="predict only a centre crop (H [W]) of the slide")
     ap.add_argument("--no-baseline", action="store_true", help="skip the notebook approach")
     ap.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "bench-predict"))
     ap.add_argument("--threads", type=int, default=max(1, min(2, os.cpu_count() or 1)), help="torch threads")
     ap.add_argument("--workers", type=int, default=2, help="reader threads (pipeline)")
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="torch device for the model (cuda: GPU-busy fraction)")
+    ap.add_argument("--decode", choices=("once", "windows"), default="once", help="pipeline data path")
+    ap.add_argument("--data-path", action="store_true", help="measure the data path alone (null model, floors)")
+    ap.add_argument("--workers-scaling", type=int, nargs="+", help="with --data-path: reader thread counts to run")
+    ap.add_argument("--per-window", action="store_true", help="with --data-path: also the old per-window path")
     # worker mode (internal)
-    ap.add_argument("--worker", choices=("pipeline", "notebook"), help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=("pipeline", "notebook", "floor", "sequential"), help=argparse.SUPPRESS)
     ap.add_argument("--slide", help=argparse.SUPPRESS)
     ap.add_argument("--tissue", help=argparse.SUPPRESS)
     ap.add_argument("--region", type=int, nargs=4, help=argparse.SUPPRESS)
@@ -304,6 +412,7 @@ def main() -> None:
 
     if args.worker:
         res = worker(args)
+        res.setdefault("peak_rss", (status_kb("VmHWM") or 0) * 1024)
         Path(args.out_json).write_text(json.dumps(res))
         return
 
@@ -313,6 +422,9 @@ def main() -> None:
     region = [0, 0, *shape]
     if args.crop:
         region = centre_crop(shape, (args.crop[0], args.crop[-1]))
+    if args.data_path:
+        data_path(args, slide, tissue, shape, workdir)
+        return
     print(f"slide {slide} {shape[0]} x {shape[1]}; region {region}; model {args.model}; "
           f"{args.threads} torch threads, {args.workers} reader threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)

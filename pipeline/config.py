@@ -52,7 +52,7 @@ class TilesConfig:
     mask_threshold: float = 0.5  # area-averaged mask >= this -> 1
     max_tiles_per_slide: int | None = None  # cap per slide, kept in order: centred windows (glomeruli) first, then the grid windows with the most tissue; null = no cap
     scheduler: str = "threads"  # "threads", "synchronous" or a dask.distributed address
-    workers: int = 2  # threads decoding and resizing windows
+    workers: int = 2  # threads decoding and reducing slide blocks (each decoded once) and drawing masks
 
 
 @dataclass(frozen=True)
@@ -137,7 +137,7 @@ class PredictConfig:
     tissue_only: bool = True  # skip windows without tissue (they predict background)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     prefetch: int = 2  # windows batches read ahead of the model
-    workers: int = 2  # threads reading (and area-resizing) windows ahead of the model
+    workers: int = 2  # threads decoding and reducing slide blocks (each decoded once) ahead of the model; ~1 per core
     amp: bool = True  # mixed precision on CUDA (bf16 when supported, else fp16)
     channels_last: bool = True  # on CUDA
     upsample: str = "bilinear"  # low-res map -> full-res mask when encoding: bilinear | nearest

@@ -43,6 +43,7 @@ from pipeline.atomic import atomic_path
 from pipeline.config_checks import check_predict_scale
 from pipeline.errors import ConfigError, DataError
 from pipeline.progress import get_logger, progress
+from pipeline.reduced import ReducedSlide
 from pipeline.stain import NONE, ColourNormaliser, tissue_stats
 
 if TYPE_CHECKING:
@@ -352,6 +353,7 @@ class PredictStats:
     store_shape: tuple[int, int] = (0, 0)
     store_chunks: tuple[int, int] = (0, 0)
     rows_written: int = 0
+    blocks_read: int = 0  # slide blocks decoded and reduced (0: windows read one by one)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -371,6 +373,7 @@ def predict_slide(
     slide_id: str | None = None,
     extra_attrs: dict[str, Any] | None = None,
     normalise: Callable[[np.ndarray], np.ndarray] | None = None,
+    decode_once: bool = True,
 ) -> PredictStats:
     """Consensus probability map at model resolution -> Zarr array ``out_zarr`` (atomic).
 
@@ -379,7 +382,8 @@ def predict_slide(
     ``tissue`` (with ``cfg.tissue_only``) restricts windows to those with tissue;
     a slide without any yields an all-zero map. ``origin`` shifts the window grid.
     ``normalise`` maps each uint8 window at model resolution before the model sees it
-    (the slide's colour normalisation, :func:`slide_normaliser`).
+    (the slide's colour normalisation, :func:`slide_normaliser`). ``decode_once=False``
+    reads every window on its own (the old data path, for the benchmark and tests).
     """
     if not models:
         raise ConfigError(None, "predict: no model given")
@@ -428,7 +432,9 @@ def predict_slide(
         )
         acc = BandAccumulator(store, cfg.out_size)
         stats.accumulator_shape = acc.shape
-        _run_windows(reader, models, grid, cfg, weight, acc, scale, mean, std, device, stats, slide_id, normalise)
+        _run_windows(
+            reader, models, grid, cfg, weight, acc, scale, mean, std, device, stats, slide_id, normalise, decode_once
+        )
         t = time.perf_counter()
         acc.finish()
         stats.accumulate_s += time.perf_counter() - t
@@ -440,6 +446,27 @@ def predict_slide(
         slide_id or attrs["slide"], stats.total_s, stats.read_s, stats.wait_s, stats.model_s, stats.accumulate_s,
     )
     return stats
+
+
+class _Staging:
+    """Where a batch of windows is stacked: plain NumPy on CPU; on CUDA a pinned host buffer,
+    so the copy to the device is asynchronous (``non_blocking``) and no pageable bounce
+    buffer is filled per batch. Two buffers alternate; :func:`predict_batch` ends with a
+    device sync (``.cpu()``), so a buffer is free again when its turn comes."""
+
+    def __init__(self, batch_size: int, size: int, device: torch.device) -> None:
+        self.buffers: list[torch.Tensor] = []
+        if device.type == "cuda":
+            self.buffers = [torch.empty((batch_size, size, size, 3), dtype=torch.uint8).pin_memory() for _ in range(2)]
+        self.turn = 0
+
+    def stack(self, windows: list[np.ndarray]) -> np.ndarray | torch.Tensor:
+        if not self.buffers:
+            return np.stack(windows)
+        buf = self.buffers[self.turn][: len(windows)]
+        self.turn = 1 - self.turn
+        np.stack(windows, out=buf.numpy())
+        return buf
 
 
 def _run_windows(
@@ -456,8 +483,15 @@ def _run_windows(
     stats: PredictStats,
     slide_id: str | None,
     normalise: Callable[[np.ndarray], np.ndarray] | None = None,
+    decode_once: bool = True,
 ) -> None:
-    """Loader threads -> model (this thread) -> accumulator thread, each ``prefetch`` batches apart."""
+    """Reader threads -> model (this thread) -> accumulator thread, each ``prefetch`` batches apart.
+
+    ``decode_once``: windows are cut from slide blocks decoded and reduced once
+    (:class:`pipeline.reduced.ReducedSlide`); otherwise each window is read and reduced
+    on its own (four times the decoding at overlap 0.5; kept for the benchmark and the
+    test that proves both give the same map).
+    """
     positions = grid[["y0", "x0"]].to_numpy(np.int64)
     bs = max(1, cfg.batch_size)
     batches = [positions[i : i + bs] for i in range(0, len(positions), bs)]
@@ -484,22 +518,28 @@ def _run_windows(
 
     loader = ThreadPoolExecutor(max_workers=max(1, cfg.workers), thread_name_prefix="predict-read")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-accumulate")
+    blocks = ReducedSlide(reader, scale, loader, transform=normalise) if decode_once else None
+    staging = _Staging(bs, cfg.out_size, device)
     try:
-        queue: deque[tuple[np.ndarray, list[Future]]] = deque()
+        queue: deque[tuple[np.ndarray, list[Callable[[], np.ndarray]]]] = deque()
         todo: Iterator[np.ndarray] = iter(batches)
 
         def submit_next() -> None:
             batch = next(todo, None)
-            if batch is not None:
-                queue.append((batch, [loader.submit(load, y, x) for y, x in batch]))
+            if batch is None:
+                return
+            if blocks is not None:
+                queue.append((batch, [blocks.request(int(y), int(x), cfg.window) for y, x in batch]))
+            else:
+                queue.append((batch, [loader.submit(load, y, x).result for y, x in batch]))
 
         for _ in range(ahead + 1):
             submit_next()
         pending: deque[Future] = deque()
         for _ in progress(range(len(batches)), total=len(batches), desc=f"predict {slide_id or ''}".strip(), logger=log):
-            batch, futures = queue.popleft()
+            batch, windows = queue.popleft()
             t = time.perf_counter()
-            images = np.stack([f.result() for f in futures])
+            images = staging.stack([window() for window in windows])
             stats.wait_s += time.perf_counter() - t
             submit_next()
             t = time.perf_counter()
@@ -513,7 +553,8 @@ def _run_windows(
     finally:
         loader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True, cancel_futures=True)
-    stats.read_s += read_time[0]
+    stats.read_s += read_time[0] if blocks is None else blocks.read_s
+    stats.blocks_read = blocks.blocks_read if blocks is not None else 0
     stats.accumulate_s += acc_time[0]
 
 

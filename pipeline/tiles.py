@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -54,19 +55,30 @@ COMPRESSION_LEVEL = 1
 # ---------------------------------------------------------------- windows
 
 
-def _positions(n: int, size: int, stride: int) -> np.ndarray:
-    """Window starts along one axis: every ``stride``, the last clamped to the edge."""
+def _positions(n: int, size: int, stride: int, align: int = 1) -> np.ndarray:
+    """Window starts along one axis: every ``stride``, the last at the edge (on the ``align`` lattice,
+    so up to ``align - 1`` px of the far edge may stay outside every window)."""
     if n <= size:
         return np.zeros(1, np.int64)  # one window, padded past the edge
     starts = list(range(0, n - size + 1, stride))
-    if starts[-1] + size < n:
-        starts.append(n - size)
+    last = (n - size) // align * align
+    if starts[-1] < last:
+        starts.append(last)
     return np.asarray(starts, np.int64)
 
 
-def _clamp(start: np.ndarray, n: int, size: int) -> np.ndarray:
+def _clamp(start: np.ndarray, n: int, size: int, align: int = 1) -> np.ndarray:
     """Keep windows inside the slide when it is larger than them, else at 0 (padded)."""
-    return np.clip(start, 0, max(n - size, 0)).astype(np.int64)
+    return np.clip(start, 0, max(n - size, 0) // align * align).astype(np.int64)
+
+
+def tile_lattice(cfg: TilesConfig) -> int:
+    """Full-res px per tile px (``size / out_size``) when whole, else 1.
+
+    Windows placed on this lattice are cut from slide blocks decoded and reduced once
+    (:class:`pipeline.reduced.ReducedSlide`) instead of each being decoded on its own.
+    """
+    return cfg.size // cfg.out_size if cfg.out_size > 0 and cfg.size % cfg.out_size == 0 else 1
 
 
 def check_tiles_config(cfg: TilesConfig) -> None:
@@ -91,8 +103,9 @@ def tile_grid(tissue: TissueMask, slide_shape: tuple[int, int], cfg: TilesConfig
     """
     height, width = slide_shape
     check_tiles_config(cfg)
-    ys = _positions(height, cfg.size, cfg.stride)
-    xs = _positions(width, cfg.size, cfg.stride)
+    align = tile_lattice(cfg) if cfg.stride % tile_lattice(cfg) == 0 else 1
+    ys = _positions(height, cfg.size, cfg.stride, align)
+    xs = _positions(width, cfg.size, cfg.stride, align)
     y0, x0 = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
     frac = tissue.window_fractions(y0, x0, cfg.size, cfg.size)
     keep = frac >= cfg.min_tissue
@@ -100,13 +113,17 @@ def tile_grid(tissue: TissueMask, slide_shape: tuple[int, int], cfg: TilesConfig
 
 
 def centred_windows(
-    centres: Sequence[tuple[float, float]], slide_shape: tuple[int, int], size: int
+    centres: Sequence[tuple[float, float]], slide_shape: tuple[int, int], size: int, align: int = 1
 ) -> pd.DataFrame:
-    """Windows of ``size`` px centred on each (y, x), clamped inside the slide; deduplicated."""
+    """Windows of ``size`` px centred on each (y, x), clamped inside the slide; deduplicated.
+
+    Starts are rounded to multiples of ``align`` (:func:`tile_lattice`: off centre by at most
+    half a tile pixel) so the windows can be cut from blocks decoded once.
+    """
     height, width = slide_shape
     c = np.asarray(list(centres), np.float64).reshape(-1, 2)
-    y0 = _clamp(np.round(c[:, 0] - size / 2).astype(np.int64), height, size)
-    x0 = _clamp(np.round(c[:, 1] - size / 2).astype(np.int64), width, size)
+    y0 = _clamp(np.round((c[:, 0] - size / 2) / align).astype(np.int64) * align, height, size, align)
+    x0 = _clamp(np.round((c[:, 1] - size / 2) / align).astype(np.int64) * align, width, size, align)
     out = pd.DataFrame({"y0": y0, "x0": x0}).drop_duplicates(ignore_index=True)
     return out.astype({"y0": np.int64, "x0": np.int64})
 
@@ -244,27 +261,81 @@ def _extract_one(
     reader = source.reader() if isinstance(source, SlideRef) else source
     window = reader.read(int(y0), int(x0), size, size)
     image = resize_area(np.asarray(window, np.uint8), out_size)
+    return (image, *_window_mask(truth, y0, x0, size, out_size, mask_threshold, slide_shape, reader))
+
+
+def _window_mask(
+    truth: Truth | None,
+    y0: int,
+    x0: int,
+    size: int,
+    out_size: int,
+    mask_threshold: float,
+    slide_shape: tuple[int, int],
+    reader: object = None,
+) -> tuple[np.ndarray, float]:
+    """A window's truth at tile resolution (uint8 0/1) and its full-resolution positive fraction."""
     mask = np.zeros((out_size, out_size), np.uint8)
     positive = 0.0
-    if truth is not None:
-        height, width = slide_shape
-        ya, yb = max(y0, 0), min(y0 + size, height)
-        xa, xb = max(x0, 0), min(x0 + size, width)
-        if yb > ya and xb > xa:
-            part = np.asarray(truth(int(ya), int(xa), int(yb - ya), int(xb - xa)))
-            if part.shape != (yb - ya, xb - xa):
-                raise DataError(
-                    getattr(reader, "path", None),
-                    f"truth window at y0={ya} x0={xa} has shape {part.shape}, "
-                    f"expected {(yb - ya, xb - xa)}",
-                )
-            count = np.count_nonzero(part)
-            positive = count / (size * size)
-            if count:  # most windows have no glomerulus: no float mask for them
-                full = np.zeros((size, size), np.float32)  # 0/1; padding past the slide stays 0
-                full[ya - y0 : yb - y0, xa - x0 : xb - x0] = part > 0
-                mask = (resize_area(full, out_size) >= mask_threshold - 1e-6).astype(np.uint8)
-    return image, mask, positive
+    if truth is None:
+        return mask, positive
+    height, width = slide_shape
+    ya, yb = max(y0, 0), min(y0 + size, height)
+    xa, xb = max(x0, 0), min(x0 + size, width)
+    if yb > ya and xb > xa:
+        part = np.asarray(truth(int(ya), int(xa), int(yb - ya), int(xb - xa)))
+        if part.shape != (yb - ya, xb - xa):
+            raise DataError(
+                getattr(reader, "path", None),
+                f"truth window at y0={ya} x0={xa} has shape {part.shape}, "
+                f"expected {(yb - ya, xb - xa)}",
+            )
+        count = np.count_nonzero(part)
+        positive = count / (size * size)
+        if count:  # most windows have no glomerulus: no float mask for them
+            full = np.zeros((size, size), np.float32)  # 0/1; padding past the slide stays 0
+            full[ya - y0 : yb - y0, xa - x0 : xb - x0] = part > 0
+            mask = (resize_area(full, out_size) >= mask_threshold - 1e-6).astype(np.uint8)
+    return mask, positive
+
+
+def _from_blocks(
+    reader: SlideReader,
+    truth: Truth | None,
+    y0s: np.ndarray,
+    x0s: np.ndarray,
+    cfg: TilesConfig,
+    slide_shape: tuple[int, int],
+) -> Iterator[tuple[np.ndarray, np.ndarray, float]]:
+    """Tiles in window order, images cut from slide blocks decoded and reduced once.
+
+    Windows on the :func:`tile_lattice` are cut from :class:`~pipeline.reduced.ReducedSlide`
+    (the same pixels as reading and reducing each one); any other is read on its own.
+    ``cfg.workers`` threads decode blocks and rasterise masks ahead of the caller.
+    """
+    from pipeline.reduced import ReducedSlide
+
+    scale = tile_lattice(cfg)
+    ahead = 4 * max(1, cfg.workers)
+    pool = ThreadPoolExecutor(max(1, cfg.workers), thread_name_prefix="tiles-read")
+    blocks = ReducedSlide(reader, scale, pool)
+    args = (cfg.size, cfg.out_size, cfg.mask_threshold, slide_shape)
+    pending: deque[tuple[Callable[[], np.ndarray], Future]] = deque()
+    try:
+        for y0, x0 in zip(y0s.tolist(), x0s.tolist(), strict=True):
+            if scale > 1 and y0 % scale == 0 and x0 % scale == 0:
+                image = blocks.request(y0, x0, cfg.size)
+            else:
+                image = pool.submit(lambda y, x: resize_area(reader.read(y, x, cfg.size, cfg.size), cfg.out_size), y0, x0).result
+            pending.append((image, pool.submit(_window_mask, truth, y0, x0, *args, reader)))
+            if len(pending) > ahead:
+                image, mask = pending.popleft()
+                yield (image(), *mask.result())
+        while pending:
+            image, mask = pending.popleft()
+            yield (image(), *mask.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _scheduler(cfg: TilesConfig) -> tuple[Any, dict[str, Any], Any]:
@@ -365,9 +436,12 @@ def extract_tiles(
                 dimension_names=("tile", "y", "x"),
             )
             buffer: list[tuple[np.ndarray, np.ndarray, float]] = []
-            for i, result in enumerate(
-                progress(_stream(compute, n, batch), total=n, desc=f"tiles {slide_id}", logger=log)
-            ):
+            results = (
+                _from_blocks(reader, truth, y0s, x0s, cfg, slide_shape)
+                if client is None and tile_lattice(cfg) > 1
+                else _stream(compute, n, batch)
+            )
+            for i, result in enumerate(progress(results, total=n, desc=f"tiles {slide_id}", logger=log)):
                 buffer.append(result)
                 if len(buffer) == batch or i == n - 1:  # a whole batch: zarr compresses chunks in parallel
                     a = i + 1 - len(buffer)
@@ -504,7 +578,7 @@ def run_tiles(
             slide_id, truth_rle, polygons_path, shape, cfg.centre_on_glomeruli
         )
         grid = tile_grid(tissue, shape, cfg)
-        centred = centred_windows(centres, shape, cfg.size)
+        centred = centred_windows(centres, shape, cfg.size, tile_lattice(cfg))
         windows = select_windows(grid, centred, tissue, cfg)
         log.info(
             "%s: %d grid + %d centred windows -> %d tiles", slide_id, len(grid), len(centred), len(windows)
