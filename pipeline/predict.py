@@ -43,7 +43,7 @@ from pipeline.atomic import atomic_path
 from pipeline.config_checks import check_predict_scale
 from pipeline.errors import ConfigError, DataError
 from pipeline.progress import get_logger, progress
-from pipeline.reduced import ReducedSlide
+from pipeline.reduced import ReducedSlide, read_window
 from pipeline.stain import NONE, ColourNormaliser, tissue_stats
 
 if TYPE_CHECKING:
@@ -320,17 +320,6 @@ def _prepare(models: Sequence[torch.nn.Module], device: torch.device, channels_l
 
 
 # ---------------------------------------------------------------- reading
-
-
-def read_window(reader: SlideReader, y0: int, x0: int, size: int, out_size: int) -> np.ndarray:
-    """One (size, size) window at (y0, x0) (glass outside the slide), area-resized to ``out_size``.
-
-    The same area resize as the training tiles (``tiles.resize_area``), so the model
-    sees what it was trained on. ``reader.read`` must be thread-safe (both backends are).
-    """
-    from pipeline.tiles import resize_area
-
-    return resize_area(reader.read(y0, x0, size, size, fill=255), out_size)
 
 
 @dataclass

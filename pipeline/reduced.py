@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 
@@ -45,6 +46,15 @@ def block_side(scale: int, segment: int, target: int = TARGET_BLOCK) -> int:
     if unit > MAX_ALIGNED_BLOCK:
         unit = scale  # unaligned: edge tiles decoded twice, still far fewer than per window
     return unit * max(1, round(target / unit))
+
+
+def read_window(reader: object, y0: int, x0: int, size: int, out_size: int) -> np.ndarray:
+    """One (size, size) window at (y0, x0) on its own (glass outside the slide), area-resized to ``out_size``.
+
+    What a window cut from :class:`ReducedSlide` equals; the path for windows off the lattice.
+    ``reader.read`` must be thread-safe (both backends are).
+    """
+    return resize_area(reader.read(int(y0), int(x0), size, size, fill=255), out_size)  # type: ignore[attr-defined]
 
 
 def _segments(reader: object) -> tuple[int, int]:
@@ -92,8 +102,6 @@ class ReducedSlide:
         self.read_s = 0.0  # summed over the pool's threads
 
     def _load(self, i: int, j: int) -> np.ndarray:
-        import time
-
         t = time.perf_counter()
         s = self.scale
         region = self.reader.read(i * self.block_h, j * self.block_w, self.block_h, self.block_w, fill=255)  # type: ignore[attr-defined]
@@ -147,4 +155,4 @@ class ReducedSlide:
         return len(self._blocks)
 
 
-__all__ = ["MAX_ALIGNED_BLOCK", "TARGET_BLOCK", "ReducedSlide", "block_side"]
+__all__ = ["MAX_ALIGNED_BLOCK", "TARGET_BLOCK", "ReducedSlide", "block_side", "read_window"]

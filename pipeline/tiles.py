@@ -258,9 +258,10 @@ def _extract_one(
     slide_shape: tuple[int, int],
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """One window: (image (out, out, 3) uint8, mask (out, out) uint8, positive fraction)."""
+    from pipeline.reduced import read_window
+
     reader = source.reader() if isinstance(source, SlideRef) else source
-    window = reader.read(int(y0), int(x0), size, size)
-    image = resize_area(np.asarray(window, np.uint8), out_size)
+    image = read_window(reader, y0, x0, size, out_size)
     return (image, *_window_mask(truth, y0, x0, size, out_size, mask_threshold, slide_shape, reader))
 
 
@@ -313,7 +314,7 @@ def _from_blocks(
     (the same pixels as reading and reducing each one); any other is read on its own.
     ``cfg.workers`` threads decode blocks and rasterise masks ahead of the caller.
     """
-    from pipeline.reduced import ReducedSlide
+    from pipeline.reduced import ReducedSlide, read_window
 
     scale = tile_lattice(cfg)
     ahead = 4 * max(1, cfg.workers)
@@ -323,10 +324,10 @@ def _from_blocks(
     pending: deque[tuple[Callable[[], np.ndarray], Future]] = deque()
     try:
         for y0, x0 in zip(y0s.tolist(), x0s.tolist(), strict=True):
-            if scale > 1 and y0 % scale == 0 and x0 % scale == 0:
+            if y0 % scale == 0 and x0 % scale == 0:
                 image = blocks.request(y0, x0, cfg.size)
             else:
-                image = pool.submit(lambda y, x: resize_area(reader.read(y, x, cfg.size, cfg.size), cfg.out_size), y0, x0).result
+                image = pool.submit(read_window, reader, y0, x0, cfg.size, cfg.out_size).result
             pending.append((image, pool.submit(_window_mask, truth, y0, x0, *args, reader)))
             if len(pending) > ahead:
                 image, mask = pending.popleft()
