@@ -3,12 +3,15 @@
 A grid of ``size`` px windows (1536 by default) is laid over the slide and kept
 where the low-res tissue mask says there is enough tissue; extra windows are
 centred on each annotated glomerulus so positives are not always cut by the
-grid. Each window is read at full resolution, area-averaged to ``out_size``
-(512), and written with its truth mask into one Zarr v3 group per slide:
-``images`` (N, out, out, 3) and ``masks`` (N, out, out), one tile per chunk.
-Windows are computed in parallel by Dask a batch at a time, so memory is a
-batch of tiles, never the slide; the store is written under a temporary name and
-renamed when complete.
+grid. Windows start on the ``size / out_size`` lattice, so their images are cut
+from slide blocks decoded and area-averaged to ``out_size`` (512) once
+(:class:`pipeline.reduced.ReducedSlide`, ``workers`` threads; overlapping and
+centred windows no longer decode the same tiles again), and written with their
+truth masks into one Zarr v3 group per slide: ``images`` (N, out, out, 3) and
+``masks`` (N, out, out), one tile per chunk. With a dask.distributed scheduler
+each window is read on its own by the workers, a batch at a time. Memory is a few
+rows of blocks and a batch of tiles, never the slide; the store is written under a
+temporary name and renamed when complete.
 """
 
 from __future__ import annotations
