@@ -106,7 +106,8 @@ def tile_grid(tissue: TissueMask, slide_shape: tuple[int, int], cfg: TilesConfig
     """
     height, width = slide_shape
     check_tiles_config(cfg)
-    align = tile_lattice(cfg) if cfg.stride % tile_lattice(cfg) == 0 else 1
+    lattice = tile_lattice(cfg)
+    align = lattice if cfg.stride % lattice == 0 else 1  # an off-lattice stride gains nothing from it
     ys = _positions(height, cfg.size, cfg.stride, align)
     xs = _positions(width, cfg.size, cfg.stride, align)
     y0, x0 = (a.ravel() for a in np.meshgrid(ys, xs, indexing="ij"))
