@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DATA := data/demo
 CORES ?= all
 
-.PHONY: setup demo demo-data test test-fast bench lint clean-demo
+.PHONY: setup demo demo-data test test-fast bench lint clean-demo wheelhouse
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,10 @@ test-fast: $(STAMP)  ## the tests without the end-to-end workflow runs
 lint: $(STAMP)  ## snakemake --lint and snakefmt, as the tests run them
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/snakefmt --check workflow/
+
+wheelhouse: $(STAMP)  ## every pinned wheel (and this package's) in wheelhouse/, for an offline install (Kaggle)
+	$(BIN)/python -m pip wheel --quiet --wheel-dir wheelhouse .
+	@echo "offline: pip install --no-index --find-links wheelhouse hubmap-glomeruli-pipeline"
 
 clean-demo:  ## remove the demo data and results
 	rm -rf $(DEMO_DATA) results/demo

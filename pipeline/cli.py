@@ -159,7 +159,42 @@ def cmd_encode(args: argparse.Namespace, config: Config) -> None:
     from pipeline.encode import run_encode
 
     truth = truth_rle(args.data_dir, args.id) if args.data_dir else None
-    run_encode(args.prob_zarr, args.slide, args.out_rle, args.out_geojson, args.out_png, truth, config)
+    run_encode(
+        args.prob_zarr, args.slide, args.out_rle, args.out_geojson, args.out_png, truth, config,
+        out_objects=args.out_objects, out_summary=args.out_summary, out_sizes_png=args.out_sizes,
+        tissue_png=args.tissue, slide_id=args.id,
+    )  # fmt: skip
+
+
+def cmd_bundle(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.bundle import write_bundle
+
+    folds = {str(k): int(v) for k, v in _json_object(args.folds, "--folds").items()}
+    write_bundle(args.out, args.checkpoints, args.threshold_json, args.oof_csv, config, folds)
+
+
+def cmd_promote(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.bundle import promote
+
+    if not str(args.serving):
+        raise ConfigError(None, "promote: --serving is empty (set promote_to in the config)")
+    promote(args.bundle, args.serving, args.out)
+
+
+def cmd_kaggle(args: argparse.Namespace, config: Config) -> None:
+    """Everything but --bundle/--data/--out is an override of the bundle's own config."""
+    import yaml
+
+    from pipeline.bundle import read_bundle
+    from pipeline.kaggle import bundle_config, predict_folder
+
+    bundle = read_bundle(args.bundle)
+    overrides = []
+    if args.config:
+        overrides.append(yaml.safe_load(Path(args.config).read_text()) or {})
+    if args.settings:
+        overrides.append(_json_object(args.settings, "--settings"))
+    predict_folder(bundle.path, args.data, args.out, bundle_config(bundle, *overrides), args.work_dir)
 
 
 def cmd_submit(args: argparse.Namespace, config: Config) -> None:
@@ -270,7 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold-json", type=Path, required=True, help="evaluation/threshold.json")
     p.add_argument("counts", type=Path, nargs="*", help="oof/{id}.csv files")
 
-    p = _stage(sub, "encode", cmd_encode, "threshold, RLE-encode and outline one prediction")
+    p = _stage(sub, "encode", cmd_encode, "threshold, RLE-encode, outline and measure one prediction")
     p.add_argument("--prob-zarr", type=Path, required=True)
     p.add_argument("--slide", type=Path, required=True)
     p.add_argument("--id", required=True)
@@ -278,13 +313,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out-rle", type=Path, required=True)
     p.add_argument("--out-geojson", type=Path, required=True)
     p.add_argument("--out-png", type=Path, required=True)
+    p.add_argument("--tissue", type=Path, help="tissue mask PNG, for glomeruli per tissue area (default: the "
+                   "one recorded in the prediction store, if any)")
+    p.add_argument("--out-objects", type=Path, help="{id}.objects.csv: one row per predicted glomerulus")
+    p.add_argument("--out-summary", type=Path, help="{id}.summary.csv: count and density of glomeruli")
+    p.add_argument("--out-sizes", type=Path, help="{id}.sizes.png: histogram of glomerulus areas")
+
+    p = _stage(sub, "bundle", cmd_bundle, "fold checkpoints + model card -> a model bundle directory")
+    p.add_argument("--out", type=Path, required=True, help="bundle directory (replaced whole)")
+    p.add_argument("--threshold-json", type=Path, required=True, help="evaluation/threshold.json")
+    p.add_argument("--oof-csv", type=Path, required=True, help="evaluation/oof.csv")
+    p.add_argument("--folds", required=True, help="JSON {slide: fold} of the training slides")
+    p.add_argument("checkpoints", type=Path, nargs="+", help="models/fold{k}/model.pt, in fold order")
+
+    p = _stage(sub, "promote", cmd_promote, "make a bundle the serving one unless its out-of-fold Dice is lower")
+    p.add_argument("--bundle", type=Path, required=True)
+    p.add_argument("--serving", type=Path, required=True, help="serving bundle directory (registry.csv beside it)")
+    p.add_argument("--out", type=Path, help="the decision as JSON")
+
+    p = _stage(sub, "kaggle", cmd_kaggle, "offline: predict a Kaggle-layout folder with a bundle -> submission.csv")
+    p.add_argument("--bundle", type=Path, required=True, help="model bundle directory")
+    p.add_argument("--data", type=Path, required=True, help="folder with test/{id}.tiff (and sample_submission.csv)")
+    p.add_argument("--out", type=Path, required=True, help="submission.csv")
+    p.add_argument("--work-dir", type=Path, help="keep tissue masks and RLEs here (default: a temporary folder)")
 
     p = _stage(sub, "submit", cmd_submit, "write the Kaggle submission.csv")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--predictions-dir", type=Path, required=True, help="folder of {id}.rle")
     p.add_argument("--out", type=Path, required=True)
 
-    p = _stage(sub, "evaluate", cmd_evaluate, "Dice per slide straight from the RLE strings")
+    p = _stage(sub, "evaluate", cmd_evaluate, "Dice and object-level precision, recall, F1 per slide")
     p.add_argument("--data-dir", type=Path, required=True)
     p.add_argument("--submission", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True, help="evaluation/dice.csv")

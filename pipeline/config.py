@@ -156,6 +156,8 @@ class Config:
 
     data_dir: str = "data/demo"  # input folder in the Kaggle layout (train/, test/, train.csv, ...)
     results_dir: str = "results/demo"  # every output goes under this folder
+    model_bundle: str | None = None  # a trained model bundle directory: predict-only run (no training; geometry, normalisation and auto threshold from the bundle)
+    promote_to: str | None = None  # training runs: copy the new bundle here if its out-of-fold Dice is not lower than the one there (registry.csv beside it)
     slides: SlidesConfig = field(default_factory=SlidesConfig)
     tissue: TissueConfig = field(default_factory=TissueConfig)
     tiles: TilesConfig = field(default_factory=TilesConfig)
@@ -230,11 +232,11 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def merge_dicts(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in extra.items():
         if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
+            out[key] = merge_dicts(out[key], value)
         else:
             out[key] = value
     return out
@@ -258,7 +260,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             raise ConfigError(path, "config must be a mapping")
         data = loaded
     if overrides:
-        data = _merge(data, overrides)
+        data = merge_dicts(data, overrides)
     try:
         return config_from_dict(data)
     except ConfigError as err:

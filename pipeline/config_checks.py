@@ -99,12 +99,17 @@ def _check_weights_files(config: Config) -> list[str]:
     ]
 
 
-def check_config(config: Config) -> None:
+def check_config(config: Config, serving: bool = False) -> None:
     """Every problem of ``config`` above at once, as one ConfigError naming the keys and values.
 
-    Relative weights paths are relative to the working directory, as in the jobs.
+    Relative weights paths are relative to the working directory, as in the jobs. ``serving``
+    (a predict-only run with a model bundle): nothing is trained, so the prediction scale is
+    checked against the bundle (:func:`pipeline.bundle.check_against`), not against ``tiles``,
+    and no training weights file is needed.
     """
-    problems = _check_shrinks(config) + _check_scales(config) + _check_weights_files(config)
+    problems = _check_shrinks(config)
+    if not serving:
+        problems += _check_scales(config) + _check_weights_files(config)
     checks = [lambda: check_loss_schedule(config.train)]
     if config.predict.out_size <= config.predict.window:  # else reported above
         checks.insert(0, lambda: check_predict_scale(config.predict))

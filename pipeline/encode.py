@@ -9,8 +9,8 @@ default, then thresholded, which gives smoother borders than nearest) and fed
 straight into :class:`pipeline.rle.RLEEncoder`; the full-resolution mask never
 exists beyond one strip. Optional post-processing (hole filling, removal of small
 objects) runs on the low-res mask with ``scipy.ndimage``, which is cheap and bounded
-by 1/scale^2 of the slide. :func:`run_encode` is the ``encode`` stage: RLE, polygons
-and an overlay of one prediction.
+by 1/scale^2 of the slide. :func:`run_encode` is the ``encode`` stage: RLE, polygons,
+an overlay and the per-glomerulus results (:mod:`pipeline.objects`) of one prediction.
 """
 
 from __future__ import annotations
@@ -281,6 +281,18 @@ def _thumbnail(reader: SlideReader, prob_zarr: Any, thumbnail_png: Any, downsamp
     return reader.read_region_downsampled(downsample)
 
 
+def _recorded_tissue(prob_zarr: Any) -> Path | None:
+    """The tissue mask :func:`~pipeline.predict.run_predict` recorded in the store's attrs, if it is there."""
+    try:
+        recorded = open_prediction(prob_zarr).attrs.get("tissue_png")
+    except DataError:
+        return None
+    if recorded and Path(recorded).is_file():
+        return Path(recorded)
+    log.info("no tissue mask given or recorded in the prediction store: no density of glomeruli")
+    return None
+
+
 def run_encode(
     prob_zarr,
     slide_path,
@@ -290,6 +302,12 @@ def run_encode(
     truth_rle: str | None,
     config: Config,
     thumbnail_png=None,
+    *,
+    out_objects=None,
+    out_summary=None,
+    out_sizes_png=None,
+    tissue_png=None,
+    slide_id: str | None = None,
 ) -> str:
     """Stage entry point: RLE (``{id}.rle``), polygons (``{id}.geojson``), overlay (``{id}.png``).
 
@@ -297,7 +315,11 @@ def run_encode(
     coordinates; the overlay outlines the prediction (and the truth when given) on
     the tissue stage's thumbnail (``thumbnail_png``, else the ``{id}.thumb.png`` next
     to the tissue mask recorded by :func:`~pipeline.predict.run_predict`, else the
-    slide read at ``1/tissue.downsample``). All written atomically; returns the RLE.
+    slide read at ``1/tissue.downsample``). When asked, also the per-glomerulus results
+    of :func:`pipeline.objects.write_object_results` from the same low-res mask:
+    ``out_objects`` (``{id}.objects.csv``), ``out_summary`` (``{id}.summary.csv``: count
+    and density per tissue area, from ``tissue_png`` or the tissue mask recorded in the
+    store) and ``out_sizes_png`` (``{id}.sizes.png``). All written atomically; returns the RLE.
     """
     from pipeline.annotations import mask_to_polygons, write_geojson
     from pipeline.report import overlay_png
@@ -313,6 +335,15 @@ def run_encode(
     polygons = mask_to_polygons(result.mask, scale=float(result.scale), simplify_tolerance=float(result.scale) / 2)
     write_geojson(polygons, out_geojson)
     overlay_png(thumbnail, result.rle, truth_rle, shape, out_png)
+    if out_objects is not None or out_summary is not None or out_sizes_png is not None:
+        from pipeline.objects import write_object_results
+        from pipeline.slides import pixel_size_um
+
+        write_object_results(
+            slide_id or name, result.mask, result.scale, shape, prob_zarr, pixel_size_um(slide_path),
+            tissue_png if tissue_png is not None else _recorded_tissue(prob_zarr),
+            out_objects, out_summary, out_sizes_png,
+        )  # fmt: skip
     if truth_rle is not None:
         from pipeline.metrics import dice_rle
 

@@ -1,4 +1,4 @@
-"""Figures and summaries: training curves, prediction overlays, an evaluation summary.
+"""Figures and summaries: training curves, glomerulus sizes, prediction overlays, an evaluation summary.
 
 Everything is drawn at thumbnail resolution: RLE masks are rasterised straight
 from their runs at the thumbnail's sampling points, so no full-resolution mask is
@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import html
 import io
+import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,34 @@ def plot_curves(metrics_csv: str | os.PathLike[str], out_png: str | os.PathLike[
     if "val_dice" in df.columns and df["val_dice"].notna().any():
         axes[1].axvline(x[df["val_dice"].idxmax()], color="grey", ls=":", label="best (kept)")
         axes[1].legend()
+    _save_figure(fig, out_png)
+    plt.close(fig)
+
+
+def plot_sizes(areas: Sequence[float], unit: str, title: str, out_png: str | os.PathLike[str]) -> None:
+    """Histogram of object areas in ``unit`` with the median marked (``title`` says what); atomic.
+
+    An empty list still gives a figure ("no glomeruli predicted"), so the report has one per slide.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    values = np.asarray([a for a in areas if a is not None and np.isfinite(a)], np.float64)
+    fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
+    if values.size:
+        bins = int(min(40, max(5, math.ceil(math.sqrt(values.size)))))
+        ax.hist(values, bins=bins, color="tab:blue", alpha=0.8)
+        median = float(np.median(values))
+        ax.axvline(median, color="black", ls="--", label=f"median {median:,.0f} {unit.split()[0]}")
+        ax.legend()
+    else:
+        ax.text(0.5, 0.5, "no glomeruli predicted", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel(f"area ({unit})")
+    ax.set_ylabel("glomeruli")
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
     _save_figure(fig, out_png)
     plt.close(fig)
 

@@ -41,6 +41,7 @@ __all__ = [
     "RLEEncoder",
     "area",
     "decode",
+    "decode_downsampled",
     "decode_window",
     "encode",
     "format_runs",
@@ -551,6 +552,41 @@ def decode_window(
     np.add.at(edges, (col, r1), -1)
     np.cumsum(edges[:, :height], axis=1, dtype=np.int8, out=edges[:, :height])
     out[...] = edges[:, :height].T
+    return out
+
+
+def decode_downsampled(
+    rle_or_runs: Any,
+    shape: tuple[int, int],
+    factor: int,
+    source: str | None = None,
+    block: int = 1 << 22,
+) -> np.ndarray:
+    """bool ``(ceil(H/factor), ceil(W/factor))`` mask sampled from the runs, without the full mask.
+
+    Pixel ``(i, j)`` is full-res pixel ``(i*factor + factor//2, j*factor + factor//2)``
+    (clipped to the slide): the centre of its cell. Sampled pixel numbers are looked up
+    among the run starts by binary search, ``block`` samples (whole columns) at a time,
+    so memory is the output plus one block.
+    """
+    height, width = (int(s) for s in shape)
+    factor = int(factor)
+    if factor < 1:
+        raise ValueError(f"factor must be >= 1, got {factor}")
+    runs = _as_runs(rle_or_runs, (height, width), source)
+    th, tw = -(-height // factor), -(-width // factor)
+    out = np.zeros((th, tw), dtype=bool)
+    if runs.shape[0] == 0:
+        return out
+    rows = np.minimum(np.arange(th, dtype=np.int64) * factor + factor // 2, height - 1)
+    cols = np.minimum(np.arange(tw, dtype=np.int64) * factor + factor // 2, width - 1)
+    starts, ends = runs[:, 0], runs[:, 0] + runs[:, 1]
+    step = max(1, block // th)
+    for j0 in range(0, tw, step):
+        j1 = min(j0 + step, tw)
+        index = cols[j0:j1, None] * height + rows[None, :]  # (columns, th), column-major numbers
+        k = np.searchsorted(starts, index, side="right") - 1
+        out[:, j0:j1] = ((k >= 0) & (index < ends[np.maximum(k, 0)])).T
     return out
 
 

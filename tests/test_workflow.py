@@ -29,7 +29,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
     workdir = tmp_path_factory.mktemp("workflow")
-    make_workdir(workdir)
+    config = make_workdir(workdir)
+    settings = yaml.safe_load(config.read_text())
+    config.write_text(yaml.safe_dump({**settings, "promote_to": "models/serving"}))
     result = snakemake(workdir)
     assert result.returncode == 0, result.stderr[-5000:]
     return workdir, result
@@ -73,7 +75,16 @@ def test_full_run_writes_every_stage(first_run: tuple[Path, subprocess.Completed
     dice = pd.read_csv(results / "evaluation" / "dice.csv")
     assert dice["id"].tolist() == [test_id, "mean"]
     assert 0.0 <= dice["dice"].iloc[-1] <= 1.0
-    for rule in ("tissue", "tiles", "filter", "train", "oof", "oof_summary", "predict", "encode", "submit", "evaluate"):
+    # the model bundle, promoted to the (empty) serving directory
+    card = yaml.safe_load((results / "bundle" / "model.yaml").read_text())
+    assert card["folds"] == ["fold0.pt", "fold1.pt"] and card["training_slides"] == train_ids
+    assert card["threshold"]["value"] == choice["threshold"] and card["validation"]["oof_dice"] == choice["oof_dice"]
+    assert card["geometry"] == {"tile_size": 384, "out_size": 128}
+    assert json.loads((results / "promotion.json").read_text())["promoted"] is True
+    assert (workdir / "models" / "serving" / "fold1.pt").is_file()
+    assert (workdir / "models" / "registry.csv").read_text().count("\n") == 2
+    for rule in ("tissue", "tiles", "filter", "train", "oof", "oof_summary", "bundle", "predict", "encode", "submit",
+                 "evaluate"):
         assert list((results / "logs" / rule).iterdir()), f"no log for {rule}"
         assert list((results / "benchmarks" / rule).iterdir()), f"no benchmark for {rule}"
     assert not list(results.rglob("*.partial")), "temporary files left behind"
@@ -95,6 +106,42 @@ def test_nightly_run_processes_only_the_new_slide(first_run, tmp_path: Path) -> 
     assert ran == {"slide_sheet": 1, "tissue": 1, "predict": 1, "encode": 1, "submit": 1, "evaluate": 1, "all": 1}
     submission = pd.read_csv(workdir / "results" / "submission.csv", dtype=str, keep_default_na=False)
     assert "0a1b2c3d4" in submission["id"].tolist() and len(submission) == 2
+
+
+def test_predict_only_run_and_kaggle_command_with_the_bundle(first_run, tmp_path: Path) -> None:
+    """A new machine with only a bundle and test slides: the workflow predicts, and so does the offline command."""
+    workdir, _ = first_run
+    bundle = workdir / "models" / "serving"
+    serve = tmp_path / "serve"
+    (serve / "data" / "test").mkdir(parents=True)
+    for slide in (workdir / "data" / "test").iterdir():
+        shutil.copy2(slide, serve / "data" / "test" / slide.name)
+    settings = yaml.safe_load((workdir / "config.yaml").read_text())
+    settings.pop("promote_to")
+    (serve / "config.yaml").write_text(yaml.safe_dump({**settings, "model_bundle": str(bundle)}))
+    result = snakemake(serve)
+    assert result.returncode == 0, result.stderr[-3000:]
+    ran = jobs_run(result.stdout + result.stderr)
+    assert {"train", "tiles", "filter", "oof", "bundle"}.isdisjoint(ran) and ran["predict"] == 1
+    served = pd.read_csv(serve / "results" / "submission.csv", dtype=str, keep_default_na=False)
+    trained = pd.read_csv(workdir / "results" / "submission.csv", dtype=str, keep_default_na=False)
+    assert served.equals(trained)  # the same models, threshold and post-processing
+    # the Kaggle command: no Snakemake, the bundle's own config
+    out = tmp_path / "kaggle.csv"
+    kaggle = subprocess.run(
+        [sys.executable, "-m", "pipeline", "kaggle", "--bundle", str(bundle), "--data", str(serve / "data"),
+         "--out", str(out), "--settings", json.dumps({"predict": {"workers": 1}, "tiles": {"workers": 1}})],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert kaggle.returncode == 0, kaggle.stderr[-3000:]
+    assert pd.read_csv(out, dtype=str, keep_default_na=False).equals(served)
+    # a setting that contradicts the bundle stops the run before any job, naming it
+    (serve / "config.yaml").write_text(yaml.safe_dump(
+        {**settings, "model_bundle": str(bundle), "predict": {**settings["predict"], "window": 768}}))
+    refused = snakemake(serve, "--forceall")
+    assert refused.returncode != 0
+    assert "predict.window/predict.out_size is 768/128" in refused.stderr and "384/128" in refused.stderr
+    assert "Job stats" not in refused.stdout + refused.stderr
 
 
 def test_changed_model_settings_retrain(first_run, tmp_path: Path) -> None:

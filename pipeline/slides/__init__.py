@@ -52,6 +52,8 @@ Modules, one job each (the public names are re-exported here):
 * :mod:`pipeline.slides.segments` -- direct access to one TIFF page's tiles or strips.
 * :mod:`pipeline.slides.tiff` -- the tifffile -> Zarr -> Dask backend (:class:`TiffSlide`).
 * :mod:`pipeline.slides.gdal` -- the rasterio / GDAL backend (:class:`RasterioSlide`).
+* :mod:`pipeline.slides.resolution` -- the physical pixel size from the TIFF resolution tags
+  (:func:`pixel_size_um`, None when the file does not say).
 * this module -- :func:`open_slide`, which picks the backend.
 """
 
@@ -62,9 +64,10 @@ import os
 from pipeline.errors import ConfigError
 from pipeline.slides.base import SlideReader
 from pipeline.slides.gdal import RasterioSlide
+from pipeline.slides.resolution import PixelSize, pixel_size_um
 from pipeline.slides.tiff import TiffSlide
 
-__all__ = ["BACKENDS", "RasterioSlide", "SlideReader", "TiffSlide", "open_slide"]
+__all__ = ["BACKENDS", "PixelSize", "RasterioSlide", "SlideReader", "TiffSlide", "open_slide", "pixel_size_um"]
 
 BACKENDS = ("tifffile", "rasterio")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from snakemake.logging import logger
 from snakemake.utils import validate
 
+from pipeline.bundle import check_against, read_bundle
 from pipeline.config import config_from_dict
 from pipeline.config_checks import check_config
 from pipeline.dataset import (
@@ -22,9 +23,13 @@ from pipeline.folds import fold_assignment
 from pipeline.jobenv import put_python_first_on_path
 
 validate(config, schema="../schemas/config.schema.yaml")
-# Keys checked against each other (prediction vs training scale, loss names...): a bad
-# combination fails here, before any job, instead of after training.
-check_config(config_from_dict(config))
+# model_bundle: a predict-only run with a trained bundle (no training, no train.csv needed).
+BUNDLE = read_bundle(config["model_bundle"]) if config["model_bundle"] else None
+# Keys checked against each other (prediction vs training scale, loss names...), and against
+# the bundle when serving one: a bad combination fails here, before any job.
+check_config(config_from_dict(config), serving=BUNDLE is not None)
+if BUNDLE is not None:
+    check_against(config_from_dict(config), BUNDLE)
 
 # The jobs run `python -m pipeline`: the Python running Snakemake goes first on PATH, as an
 # activated venv would have it, so `.venv/bin/snakemake` works as typed (see pipeline/jobenv.py).
@@ -36,6 +41,8 @@ SLIDES = {slide.id: slide for slide in discover_slides(DATA)}
 # Bad inputs warned at every planning (unsupported file names, training slides without truth,
 # train.csv ids without a slide); an empty data_dir is an error. Training slides without truth
 # are left out (no tiles, folds or out-of-fold check for them).
+if BUNDLE is not None:  # predict-only: train/ is not this run's business
+    SLIDES = {i: s for i, s in SLIDES.items() if s.split == "test"}
 SLIDES = planned_slides(DATA, SLIDES, warn=logger.warning)
 TRAIN_IDS = sorted(i for i, s in SLIDES.items() if s.split == "train")
 TEST_IDS = sorted(i for i, s in SLIDES.items() if s.split == "test")
@@ -112,6 +119,9 @@ def tile_stores(wildcards=None):
 
 
 def fold_models(wildcards=None):
+    """The ensemble that predicts: the bundle's checkpoints when serving one, else this run's folds."""
+    if BUNDLE is not None:
+        return [str(p) for p in BUNDLE.checkpoints]
     return [str(RESULTS / "models" / f"fold{k}" / "model.pt") for k in FOLDS]
 
 
@@ -122,9 +132,11 @@ def fold_model_of(wildcards):
 
 def threshold_choice(wildcards=None):
     """evaluation/threshold.json when predict.threshold is auto (the out-of-fold choice), else nothing."""
-    if config["predict"]["threshold"] == "auto":
-        return [str(RESULTS / "evaluation" / "threshold.json")]
-    return []
+    if config["predict"]["threshold"] != "auto":
+        return []
+    if BUNDLE is not None:
+        return [str(BUNDLE.threshold_json)]
+    return [str(RESULTS / "evaluation" / "threshold.json")]
 
 
 def has_test_truth():
@@ -139,7 +151,10 @@ def all_outputs():
         outputs += fold_models()
         outputs += [RESULTS / "models" / f"fold{k}" / "curves.png" for k in FOLDS]
         outputs.append(RESULTS / "evaluation" / "oof.csv")
-    if TRAIN_IDS and TEST_IDS:
+        outputs.append(RESULTS / "bundle")
+        if config["promote_to"]:
+            outputs.append(RESULTS / "promotion.json")
+    if (TRAIN_IDS or BUNDLE is not None) and TEST_IDS:
         outputs += [RESULTS / "predictions" / f"{i}.png" for i in TEST_IDS]
         outputs += [RESULTS / "predictions" / f"{i}.geojson" for i in TEST_IDS]
         outputs.append(RESULTS / "submission.csv")

@@ -35,6 +35,7 @@ rule encode:
     input:
         prob=RESULTS / "predictions" / "{id}.zarr",
         slide=slide_path,
+        tissue=RESULTS / "tissue" / "{id}.png",
     output:
         rle=RESULTS / "predictions" / "{id}.rle",
         geojson=RESULTS / "predictions" / "{id}.geojson",
@@ -42,6 +43,13 @@ rule encode:
             RESULTS / "predictions" / "{id}.png",
             category="Predictions",
             caption="../report/overlay.rst",
+        ),
+        objects=RESULTS / "predictions" / "{id}.objects.csv",
+        summary=RESULTS / "predictions" / "{id}.summary.csv",
+        sizes=report(
+            RESULTS / "predictions" / "{id}.sizes.png",
+            category="Glomeruli",
+            caption="../report/sizes.rst",
         ),
     log:
         LOGS / "encode" / "{id}.log",
@@ -59,4 +67,6 @@ rule encode:
         "python -m pipeline encode --prob-zarr {input.prob} --slide {input.slide}"
         " --id {wildcards.id} --data-dir {params.data_dir}"
         " --out-rle {output.rle} --out-geojson {output.geojson} --out-png {output.png}"
+        " --tissue {input.tissue} --out-objects {output.objects}"
+        " --out-summary {output.summary} --out-sizes {output.sizes}"
         " --settings {params.settings:q} 2> {log}"

@@ -30,7 +30,10 @@ rule train:
     params:
         tiles_dir=RESULTS / "tiles",
         out_dir=lambda wc: RESULTS / "models" / f"fold{wc.fold}",
-        settings=settings("slides.normalise", "model", "train"),
+        # the tile geometry too: the checkpoint records the scale it was trained at
+        settings=settings(
+            "slides.normalise", "tiles.size", "tiles.out_size", "model", "train"
+        ),
         folds=json.dumps(FOLD_OF, sort_keys=True),
     shell:
         "python -m pipeline train --index {input.index} --val-index {input.all_tiles}"
