@@ -152,6 +152,7 @@ def write_bundle(
                                                         "mean", "std")},
             "geometry": {"tile_size": int(trained["tiles"]["size"]), "out_size": int(trained["tiles"]["out_size"])},
             "normalisation": first.get("colour") or {"method": "none"},
+            "input_norm": first.get("input_norm") or {"method": "none"},  # model.input_norm (pipeline.input_norm)
             "threshold": {"value": float(choice["threshold"]), "chosen": bool(choice.get("chosen", False)),
                           "source": str(choice.get("threshold_source", ""))},
             "postprocessing": {k: getattr(predict, k) for k in POSTPROCESS_KEYS},

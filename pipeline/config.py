@@ -63,8 +63,11 @@ class ModelConfig:
     encoder: str = "efficientnet-b0"  # timm/smp encoder name: efficientnet-b0..b7, resnet34, tu-...
     encoder_weights: str | None = None  # None, a local weights file (any encoder), or imagenet: ImageNet weights from pip packages, offline, for tu-efficientnet_lite0/1/2 and tu-tf_efficientnet_lite0/1/2 (they expect mean = std = 0.5)
     decoder_channels: tuple[int, ...] | None = None  # Unet/UnetPlusPlus decoder widths, 5 (deep to shallow); None = smp's 256,128,64,32,16; narrower trains 2-3x faster on CPU
+    deep_supervision: bool = False  # UnetPlusPlus only: training averages the loss over the nested decoder outputs (one extra 1x1 head each); validation and prediction use the final output only
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # per-channel, 0..1 scale
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # per-channel standard deviation, 0..1 scale
+    input_norm: str = "none"  # per-image intensity normalisation of the model's input: "none", "invert_dark" (dark-background images inverted, 255 - x, to look bright-field) or "per_image" (each channel to zero mean, unit std; replaces mean/std); decided once per slide from its tissue thumbnail, per image for patches; stored with the model
+    invert_threshold: float = 127.0  # invert_dark: an image (a slide's thumbnail) whose mean intensity over all pixels and channels, 0..255, is below this has a dark background and is inverted
 
 
 @dataclass(frozen=True)
@@ -93,11 +96,13 @@ class TrainConfig:
     batch_size: int = 8  # tiles per optimiser step
     lr: float = 3e-4  # AdamW learning rate (cosine decay over the epochs)
     weight_decay: float = 1e-4  # AdamW weight decay
-    loss: dict[str, float] = field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})  # name -> weight: bce, weighted_bce, dice, focal, lovasz
+    loss: dict[str, float] = field(default_factory=lambda: {"bce": 1.0, "dice": 1.0})  # name -> weight: bce, weighted_bce, dice, focal, lovasz, border_bce
     loss_finetune: dict[str, float] | None = None  # loss terms replacing `loss` from finetune_from_epoch on
     finetune_from_epoch: int | None = None  # 1-based epoch from which loss_finetune applies (BCE first, then Dice)
     pos_weight: float = 1.0  # positive-class weight for "weighted_bce"
     focal_gamma: float = 2.0  # focusing parameter of the focal loss
+    border_w0: float = 10.0  # "border_bce" (U-Net's weighted BCE): extra weight w0 of background pixels between objects, w0 * exp(-(d1 + d2)^2 / (2 border_sigma^2)) with d1, d2 the distances to the nearest two objects; 0 = class balancing only
+    border_sigma: float = 5.0  # "border_bce": width sigma of that border term, px at the model's input (tiles.out_size)
     patience: int = 5  # epochs without a better validation Dice before training stops early; 0 disables early stopping
     seed: int = 42  # fixes folds, sampling, augmentation and initialisation
     num_workers: int = 0  # data-loader workers; 0 on small CPUs, more on GPU nodes

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 
-from pipeline.config import Config, PredictConfig, TrainConfig
+from pipeline.config import Config, ModelConfig, PredictConfig, TrainConfig
 from pipeline.errors import ConfigError
 
 # The loss names pipeline.losses.LOSSES implements (a test keeps the two equal).
-LOSS_NAMES = ("bce", "weighted_bce", "dice", "focal", "lovasz")
+LOSS_NAMES = ("bce", "weighted_bce", "dice", "focal", "lovasz", "border_bce")
 
 
 def check_loss_terms(terms: Mapping[str, float], key: str) -> None:
@@ -38,14 +38,38 @@ def check_loss_terms(terms: Mapping[str, float], key: str) -> None:
 
 
 def check_loss_schedule(cfg: TrainConfig) -> None:
-    """The loss terms and the optional fine-tune schedule (``loss_finetune`` from ``finetune_from_epoch``)."""
+    """The loss terms, the optional fine-tune schedule (``loss_finetune`` from ``finetune_from_epoch``)
+    and the border term's parameters (``border_w0`` >= 0, ``border_sigma`` > 0, as the schema says)."""
     check_loss_terms(cfg.loss, "loss")
+    if not cfg.border_w0 >= 0 or not cfg.border_sigma > 0:
+        raise ConfigError(None, f"train.border_w0 must be >= 0 and train.border_sigma > 0, got "
+                                f"{cfg.border_w0} and {cfg.border_sigma}")
     if cfg.loss_finetune is not None:
         check_loss_terms(cfg.loss_finetune, "loss_finetune")
         if cfg.finetune_from_epoch is None or cfg.finetune_from_epoch < 1:
             raise ConfigError(
                 None, "train.finetune_from_epoch: must be an epoch >= 1 when train.loss_finetune is set"
             )
+
+
+def check_deep_supervision(cfg: ModelConfig) -> None:
+    """``model.deep_supervision`` supervises U-Net++'s nested decoder outputs: ConfigError for another arch."""
+    if cfg.deep_supervision and cfg.arch.lower() != "unetplusplus":
+        raise ConfigError(
+            None, f"model.deep_supervision: true needs model.arch UnetPlusPlus (its nested decoder outputs), "
+            f"got model.arch {cfg.arch}"
+        )
+
+
+def check_input_norm_combination(colour_method: str, input_method: str) -> None:
+    """ConfigError when colour normalisation (``slides.normalise``) and ``model.input_norm`` are both asked for.
+
+    Both rescale each slide's intensities from its thumbnail; composing them would need each
+    one's statistics taken after the other (:mod:`pipeline.input_norm`).
+    """
+    if colour_method != "none" and input_method != "none":
+        raise ConfigError(None, f"slides.normalise: {colour_method} and model.input_norm: {input_method} both "
+                                "rescale each slide's intensities from its thumbnail; set one of them to none")
 
 
 def check_predict_scale(cfg: PredictConfig) -> int:
@@ -111,6 +135,10 @@ def check_config(config: Config, serving: bool = False) -> None:
     if not serving:
         problems += _check_scales(config) + _check_weights_files(config)
     checks = [lambda: check_loss_schedule(config.train)]
+    if not serving:  # a bundle's checkpoints carry their own normalisation (checked when predicting)
+        checks.append(lambda: check_input_norm_combination(config.slides.normalise, config.model.input_norm))
+    if not serving:  # a predict-only run trains nothing: deep supervision plays no part
+        checks.append(lambda: check_deep_supervision(config.model))
     if config.predict.out_size <= config.predict.window:  # else reported above
         checks.insert(0, lambda: check_predict_scale(config.predict))
     for check in checks:

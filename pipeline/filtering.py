@@ -24,6 +24,7 @@ from torch import nn
 from pipeline.atomic import atomic_path
 from pipeline.config import Config, FilterConfig, config_from_dict
 from pipeline.errors import ConfigError, DataError
+from pipeline.input_norm import InputNorm
 from pipeline.models import load_model, select_device
 from pipeline.progress import get_logger, progress
 from pipeline.stain import NONE, ColourNormaliser
@@ -42,12 +43,14 @@ def score_tiles(
     cfg: Config,
     device: torch.device | None = None,
     colour: ColourNormaliser = NONE,
+    input_norm: InputNorm | None = None,
 ) -> pd.DataFrame:
     """Per-tile accuracy, Dice, pred_pos, true_pos of ``model`` (one row per index row, same order).
 
     ``cfg`` supplies the normalisation (``model.mean/std``, those the model was
     trained with), the threshold (``filter.threshold``) and the batch size; ``colour``
-    the colour normalisation it was trained with. Dice is 1.0 when both prediction and
+    the colour normalisation it was trained with; ``input_norm`` its input normalisation
+    (default: ``cfg.model``'s). Dice is 1.0 when both prediction and
     truth are empty.
     """
     threshold = cfg.filter.threshold
@@ -57,7 +60,8 @@ def score_tiles(
     device = device or next(model.parameters()).device
     runner = _Runner(model, cfg, device)
     runner.model.eval()
-    dataset = TileDataset(tile_index, stores, colour=colour)
+    input_norm = InputNorm.from_config(cfg.model) if input_norm is None else input_norm
+    dataset = TileDataset(tile_index, stores, colour=colour, input_norm=input_norm)
     loader = make_loader(dataset, max(1, cfg.train.batch_size * 2), cfg.train.num_workers, device)
     stats = []
     for images, masks in progress(loader, total=len(loader), desc="scoring tiles", logger=log):
@@ -108,8 +112,8 @@ def _log_dropped(tile_index: pd.DataFrame, trivial: np.ndarray) -> None:
 
 
 def _stage1_model(tile_index: pd.DataFrame, stores: dict[str, Path], work_dir: Path,
-                  config: Config) -> tuple[nn.Module, Config, ColourNormaliser]:
-    """The quick model (user checkpoint, or trained in ``work_dir``), its config and colour normalisation."""
+                  config: Config) -> tuple[nn.Module, Config, ColourNormaliser, InputNorm]:
+    """The quick model (user checkpoint, or trained in ``work_dir``), its config, colour and input normalisation."""
     device = select_device(config.train.device)
     if config.filter.checkpoint:
         path = Path(config.filter.checkpoint).expanduser()
@@ -122,7 +126,8 @@ def _stage1_model(tile_index: pd.DataFrame, stores: dict[str, Path], work_dir: P
             desc="filter stage 1")
         model, meta = load_model(work_dir / "model.pt", device)
     trained_with = config_from_dict(meta["config"])
-    return model, dataclasses.replace(config, model=trained_with.model), ColourNormaliser.from_dict(meta.get("colour"))
+    return (model, dataclasses.replace(config, model=trained_with.model), ColourNormaliser.from_dict(meta.get("colour")),
+            InputNorm.from_meta(meta))
 
 
 def run_filter(
@@ -152,8 +157,8 @@ def run_filter(
         })
         trivial = np.zeros(len(tile_index), dtype=bool)
     else:
-        model, scoring_config, colour = _stage1_model(tile_index, stores, Path(work_dir), config)
-        scores = score_tiles(model, tile_index, stores, scoring_config, colour=colour)
+        model, scoring_config, colour, input_norm = _stage1_model(tile_index, stores, Path(work_dir), config)
+        scores = score_tiles(model, tile_index, stores, scoring_config, colour=colour, input_norm=input_norm)
         trivial = trivial_mask(scores, fcfg).to_numpy()
         dropped_pos = int((trivial & (scores["true_pos"].to_numpy() > 0)).sum())
         if dropped_pos:

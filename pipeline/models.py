@@ -23,6 +23,8 @@ from torch import nn
 
 from pipeline.atomic import atomic_path
 from pipeline.config import Config, ModelConfig, config_from_dict
+from pipeline.config_checks import check_deep_supervision
+from pipeline.deep_supervision import DeepSupervisedUnetPlusPlus
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.pretrained import MEAN, OFFLINE_ENCODERS, STD, has_offline_weights, load_imagenet_encoder
 from pipeline.progress import get_logger
@@ -133,6 +135,11 @@ def _weights_source(cfg: ModelConfig) -> Path | str | None:
 def build_model(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
     """An smp model, 1 output channel (logits); encoder weights: None, a local file or offline ImageNet.
 
+    ``cfg.deep_supervision`` (UnetPlusPlus only) builds
+    :class:`pipeline.deep_supervision.DeepSupervisedUnetPlusPlus`: smp's U-Net++ plus
+    heads on the nested decoder outputs, a list of logits in train mode and smp's one
+    logits tensor in eval mode, so everything that predicts treats it as any model.
+
     ``load_weights=False`` skips ``cfg.encoder_weights`` (used when a checkpoint's
     state dict is about to overwrite every weight anyway), so rebuilding a checkpoint
     never needs the weight packages.
@@ -148,10 +155,13 @@ def build_model(cfg: ModelConfig, load_weights: bool = True) -> nn.Module:
                 f"{list(cfg.decoder_channels)} for {arch}",
             )
         extra["decoder_channels"] = tuple(cfg.decoder_channels)
+    check_deep_supervision(cfg)
+    kwargs = dict(encoder_name=cfg.encoder, encoder_weights=None, in_channels=3, classes=1, **extra)
     try:
-        model = smp.create_model(
-            arch, encoder_name=cfg.encoder, encoder_weights=None, in_channels=3, classes=1, **extra
-        )
+        if cfg.deep_supervision:
+            model = DeepSupervisedUnetPlusPlus(**kwargs)
+        else:
+            model = smp.create_model(arch, **kwargs)
     except (KeyError, ValueError, RuntimeError) as err:
         msg = err.args[0] if err.args else err
         raise ConfigError(None, f"model: cannot build {arch} with encoder {cfg.encoder!r}: {msg}") from None

@@ -124,7 +124,7 @@ def run_oof_slide(
     Writes the consensus map ``out_zarr`` and the threshold counts ``out_csv``; returns the counts.
     """
     from pipeline.models import select_device
-    from pipeline.predict import ensemble_colour, load_models, predict_slide, slide_normaliser
+    from pipeline.predict import load_models, predict_slide, slide_inputs
     from pipeline.slides import open_slide
     from pipeline.tissue import load_tissue
 
@@ -145,10 +145,10 @@ def run_oof_slide(
     with open_slide(slide_path, backend=config.slides.backend) as reader:
         shape = (int(reader.shape[0]), int(reader.shape[1]))
         tissue = load_tissue(tissue_png, shape) if tissue_png else None
-        normalise, colour_attrs = slide_normaliser(ensemble_colour(metas, [checkpoint]), tissue, slide_path)
+        normalise, mean, std, norm_attrs = slide_inputs(metas, [checkpoint], tissue, slide_path, mean, std)
         predict_slide(reader, models, tissue if cfg.tissue_only else None, cfg, out_zarr, mean, std, device,
                       slide_id=slide_id, normalise=normalise,
-                      extra_attrs={"fold": fold, "checkpoint": str(checkpoint), "out_of_fold": True, **colour_attrs})
+                      extra_attrs={"fold": fold, "checkpoint": str(checkpoint), "out_of_fold": True, **norm_attrs})
     truth = rle.parse(slide_truth_rle(data_dir, slide_id, shape), shape, source=f"truth of {slide_id}")
     counts = count_thresholds(out_zarr, truth, cfg.upsample).as_dict()
     write_csv_atomic(out_csv, COUNT_COLUMNS, _counts_rows(slide_id, fold, counts))

@@ -42,6 +42,7 @@ from pipeline import thresholds
 from pipeline.atomic import atomic_path
 from pipeline.config_checks import check_predict_scale
 from pipeline.errors import ConfigError, DataError
+from pipeline.input_norm import InputNorm, check_combination, intensity_stats
 from pipeline.progress import get_logger, progress
 from pipeline.reduced import ReducedSlide, read_window
 from pipeline.stain import NONE, ColourNormaliser, tissue_stats
@@ -284,16 +285,23 @@ def predict_batch(
     tta: Sequence[str] = (),
     amp: bool = True,
     channels_last: bool = True,
+    input_norm: InputNorm | None = None,
 ) -> np.ndarray:
     """(N, h, w, 3) uint8 windows -> (N, h, w) float32 probabilities.
 
     Mean of ``sigmoid(model(t(x)))`` mapped back by ``t^-1``, over every model and
     every TTA transform (identity included): ensembles average in probability space.
+    ``input_norm``: images without a slide (patches), each normalised with its own
+    statistics (:meth:`InputNorm.model_input`); windows of a slide get the slide's map
+    from :func:`slide_input_norm` instead (``mean``/``std`` and the window map).
     """
     from pipeline.augment import to_tensor
 
     names = _check_tta(tta)
-    x = to_tensor(images, mean, std, device)  # uint8 moved first, normalised on the device
+    if input_norm is not None and input_norm.active:
+        x = input_norm.model_input(np.asarray(images), None, mean, std, device)
+    else:
+        x = to_tensor(images, mean, std, device)  # uint8 moved first, normalised on the device
     cuda = device.type == "cuda"
     if cuda and channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -617,6 +625,64 @@ def slide_normaliser(
     return (lambda images: colour.apply(images, stats)), {"colour": {**colour.as_dict(), "slide": stats.as_dict()}}
 
 
+def ensemble_input_norm(metas: Sequence[dict[str, Any]], checkpoints: Sequence[str | os.PathLike[str]]) -> InputNorm:
+    """The input normalisation the checkpoints were trained with (``none`` when absent); members must agree."""
+    norms = [InputNorm.from_meta(m) for m in metas]
+    for norm, path in zip(norms[1:], checkpoints[1:], strict=True):
+        if norm != norms[0]:
+            raise ConfigError(path, f"ensemble members disagree on input normalisation: {norms[0].as_dict()} vs "
+                                    f"{norm.as_dict()} (train them with the same model.input_norm)")
+    return norms[0] if norms else InputNorm()
+
+
+def slide_input_norm(
+    input_norm: InputNorm, tissue: TissueMask | None, source: Any, mean: Sequence[float], std: Sequence[float]
+) -> tuple[Callable[[np.ndarray], np.ndarray] | None, list[float], list[float], dict[str, Any]]:
+    """(window map or None, mean, std, attrs) of one slide: decided once from its tissue thumbnail.
+
+    Every window of the slide gets the same map (``invert_dark``: all inverted or none) and
+    the same per-channel ``mean``/``std`` (``per_image``: the slide's tissue statistics in
+    place of the model's), as every tile of it did in training (:mod:`pipeline.input_norm`).
+    """
+    if not input_norm.active:
+        return None, list(mean), list(std), {}
+    if tissue is None or tissue.thumbnail_from_mask:
+        missing = "no tissue mask was given (--tissue)" if tissue is None else \
+            "the tissue mask has no thumbnail beside it ({id}.thumb.png, written by the tissue stage)"
+        raise DataError(source, f"the model normalises its input ({input_norm.method}) with the slide's "
+                                f"statistics, but {missing}")
+    stats = intensity_stats(tissue.thumbnail, tissue.mask)
+    pixel_map = input_norm.pixel_map(stats)
+    m, s = input_norm.tensor_stats(stats, mean, std)
+    log.info("%s: input normalisation %s, slide mean intensity %.1f%s", source or "slide", input_norm.method,
+             stats.mean_intensity, " -> inverted" if pixel_map is not None else "")
+    attrs = {"input_norm": {**input_norm.as_dict(), "slide": stats.as_dict(), "inverted": pixel_map is not None,
+                            "mean": m, "std": s}}
+    return pixel_map, m, s, attrs
+
+
+def _then(first: Callable[[np.ndarray], np.ndarray] | None,
+          second: Callable[[np.ndarray], np.ndarray] | None) -> Callable[[np.ndarray], np.ndarray] | None:
+    if first is None or second is None:
+        return first or second
+    return lambda images: second(first(images))
+
+
+def slide_inputs(
+    metas: Sequence[dict[str, Any]], checkpoints: Sequence[str | os.PathLike[str]], tissue: TissueMask | None,
+    source: Any, mean: Sequence[float], std: Sequence[float],
+) -> tuple[Callable[[np.ndarray], np.ndarray] | None, list[float], list[float], dict[str, Any]]:
+    """(window map, mean, std, attrs) an ensemble needs for one slide: colour, then input normalisation."""
+    colour, input_norm = ensemble_colour(metas, checkpoints), ensemble_input_norm(metas, checkpoints)
+    try:
+        check_combination(colour.method, input_norm.method)
+    except ConfigError as err:
+        raise ConfigError(checkpoints[0], err.problem) from None
+    normalise, attrs = slide_normaliser(colour, tissue, source)
+    pixel_map, mean, std, input_attrs = slide_input_norm(input_norm, tissue, source, mean, std)
+    return _then(normalise, pixel_map), mean, std, {**attrs, **input_attrs}
+
+
 def run_predict(
     slide_path, checkpoints: list[Path], tissue_png, out_zarr, config: Config, threshold_json=None
 ) -> None:
@@ -641,11 +707,10 @@ def run_predict(
         log.info("predict.threshold auto: %.2f (%s)", extra[thresholds.STORE_ATTR], extra[thresholds.SOURCE_ATTR])
     device = select_device(cfg.device)
     models, mean, std, metas = load_models(checkpoints, device, config)
-    colour = ensemble_colour(metas, checkpoints)
     with open_slide(slide_path, backend=config.slides.backend) as reader:
         tissue = load_tissue(tissue_png, reader.shape) if tissue_png else None
-        normalise, colour_attrs = slide_normaliser(colour, tissue, slide_path)
-        extra.update(colour_attrs)
+        normalise, mean, std, norm_attrs = slide_inputs(metas, checkpoints, tissue, slide_path, mean, std)
+        extra.update(norm_attrs)
         if tissue_png:
             extra["tissue_png"] = str(tissue_png)
         predict_slide(
@@ -658,6 +723,7 @@ __all__ = [
     "BandAccumulator",
     "PredictStats",
     "ensemble_colour",
+    "ensemble_input_norm",
     "gaussian_weight",
     "load_models",
     "model_scale",
@@ -665,6 +731,8 @@ __all__ = [
     "predict_slide",
     "read_window",
     "run_predict",
+    "slide_input_norm",
+    "slide_inputs",
     "slide_normaliser",
     "weight_map",
     "window_grid",

@@ -34,6 +34,7 @@ from zarr.codecs import ZstdCodec
 from pipeline.atomic import atomic_path
 from pipeline.errors import ConfigError, DataError
 from pipeline.progress import get_logger, progress
+from pipeline.input_norm import IntensityStats, intensity_stats
 from pipeline.stain import ColourStats, tissue_stats
 
 try:  # opencv-python-headless comes with albumentations; its INTER_AREA is ~20x numpy
@@ -50,6 +51,7 @@ log = get_logger(__name__)
 
 Truth = Callable[[int, int, int, int], np.ndarray]
 COLOUR_ATTR = "colour_stats"  # the slide's tissue colour statistics, for colour normalisation
+INPUT_ATTR = "input_stats"  # the slide's intensity statistics, for model.input_norm (pipeline.input_norm)
 INDEX_COLUMNS = ["slide", "tile", "y0", "x0", "tissue", "positive"]
 # zstd 1: same ratio as zarr's default level on H&E tiles (~0.56) at about half the cost
 COMPRESSION_LEVEL = 1
@@ -509,6 +511,16 @@ def read_colour_stats(path: str | os.PathLike[str]) -> ColourStats:
     return ColourStats.from_dict(attrs[COLOUR_ATTR])
 
 
+def read_input_stats(path: str | os.PathLike[str]) -> IntensityStats:
+    """The slide's intensity statistics a tile store records (from its tissue thumbnail; :mod:`pipeline.input_norm`)."""
+    attrs = zarr.open_group(Path(path), mode="r").attrs
+    if INPUT_ATTR not in attrs:
+        raise DataError(path, "tile store has no intensity statistics for model.input_norm (written before input "
+                              "normalisation existed, or its tissue mask had no {id}.thumb.png): delete it and rerun "
+                              "the tiles stage (after the tissue stage for a missing thumbnail)")
+    return IntensityStats.from_dict(attrs[INPUT_ATTR])
+
+
 def read_tile_index(path: str | os.PathLike[str]) -> pd.DataFrame:
     """The index rows stored in a tile store's attributes (same as the per-slide CSV)."""
     open_tile_store(path)  # same checks and errors
@@ -589,7 +601,8 @@ def run_tiles(
             "%s: %d grid + %d centred windows -> %d tiles", slide_id, len(grid), len(centred), len(windows)
         )
         # no thumbnail, no colours: a store without statistics refuses colour normalisation by name
-        colour = {} if tissue.thumbnail_from_mask else {COLOUR_ATTR: tissue_stats(tissue.thumbnail, tissue.mask).as_dict()}
+        colour = {} if tissue.thumbnail_from_mask else {COLOUR_ATTR: tissue_stats(tissue.thumbnail, tissue.mask).as_dict(),
+                                                        INPUT_ATTR: intensity_stats(tissue.thumbnail, tissue.mask).as_dict()}
         index = extract_tiles(reader, truth, windows, out_zarr, cfg, slide_id, extra_attrs=colour)
     with atomic_path(out_index_csv) as tmp:
         index.to_csv(tmp, index=False)

@@ -22,6 +22,7 @@ real predictor over each validation slide once training has ended.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import math
 import random
@@ -39,19 +40,22 @@ import zarr
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pipeline import input_norm as inorm
 from pipeline import stain
 from pipeline.atomic import atomic_path
 from pipeline.augment import build_augment, seed_augment, to_tensor
 from pipeline.config import Config
+from pipeline.deep_supervision import supervised_loss
 from pipeline.errors import ConfigError, DataError, PipelineError
-from pipeline.losses import build_loss, check_loss_schedule, uses_finetune
+from pipeline.losses import BorderWeights, build_loss, check_loss_schedule, needs_border_weights, uses_finetune
 from pipeline.metrics import dice_from_counts
 from pipeline.folds import assign_folds, validation_slides
+from pipeline.input_norm import InputNorm, check_combination
 from pipeline.models import build_model, read_checkpoint, save_checkpoint, select_device
 from pipeline.progress import get_logger, progress
 from pipeline.report import plot_curves
 from pipeline.stain import ColourNormaliser
-from pipeline.tiles import open_tile_store, read_colour_stats
+from pipeline.tiles import open_tile_store, read_colour_stats, read_input_stats
 
 log = get_logger(__name__)
 
@@ -71,7 +75,14 @@ class TileDataset(Dataset):
     of the index, or ``(row, seed)`` to augment with a per-sample seed. Stores are
     opened lazily in each process (safe with data-loader workers). ``colour`` normalises
     each tile with its slide's statistics (from the store) *before* augmentation, as
-    prediction normalises a window before the model sees it.
+    prediction normalises a window before the model sees it. ``input_norm`` (the model's
+    input normalisation, :mod:`pipeline.input_norm`) likewise uses the slide's statistics
+    from the store, never the tile's: ``invert_dark`` inverts every tile of a dark slide
+    before augmentation; ``per_image`` standardises each tile *after* augmentation and the
+    item's image is then float32 (S, S, 3), already what the model sees (no model mean/std).
+    ``border`` (only for the ``border_bce`` loss) adds a third item, the tile's float32 (S, S)
+    U-Net weight map made from the *augmented* mask (:func:`pipeline.losses.border_weight_map`);
+    without it nothing is computed and items stay ``(image, mask)``.
     """
 
     def __init__(
@@ -80,6 +91,8 @@ class TileDataset(Dataset):
         stores: dict[str, Path],
         augment: A.Compose | None = None,
         colour: ColourNormaliser = stain.NONE,
+        input_norm: InputNorm = inorm.NONE,
+        border: BorderWeights | None = None,
     ) -> None:
         missing_cols = [c for c in INDEX_COLUMNS if c not in index.columns]
         if missing_cols:
@@ -108,6 +121,9 @@ class TileDataset(Dataset):
         self.tile_shape: tuple[int, int] | None = sizes.pop() if sizes else None
         self.colour = colour
         self.slide_colour = {s: read_colour_stats(p) for s, p in self.paths.items()} if colour.active else {}
+        self.input_norm = input_norm
+        self.slide_input = {s: read_input_stats(p) for s, p in self.paths.items()} if input_norm.active else {}
+        self.border = border
         self._arrays: dict[str, tuple[zarr.Array, zarr.Array]] = {}
 
     def __getstate__(self) -> dict[str, Any]:
@@ -127,9 +143,13 @@ class TileDataset(Dataset):
         image = np.asarray(images[tile])
         if self.colour.active:
             image = self.colour.apply(image, self.slide_colour[slide])
+        if self.input_norm.active:
+            pixel_map = self.input_norm.pixel_map(self.slide_input[slide])  # the slide's decision, every tile alike
+            if pixel_map is not None:
+                image = pixel_map(image)
         return image, np.asarray(masks[tile])
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[np.ndarray, ...]:
         row, seed = key if isinstance(key, tuple) else (key, None)
         image, mask = self.read(int(row))
         if self.augment is not None:
@@ -137,6 +157,10 @@ class TileDataset(Dataset):
                 seed_augment(self.augment, int(seed))
             out = self.augment(image=image, mask=mask)
             image, mask = out["image"], out["mask"]
+        if self.input_norm.method == "per_image":
+            image = self.input_norm.standardise(image, self.slide_input[self.slides[int(row)]])
+        if self.border is not None:  # objects: the augmented mask's components (per-object masks: instances=)
+            return np.ascontiguousarray(image), np.ascontiguousarray(mask), self.border(mask)
         return np.ascontiguousarray(image), np.ascontiguousarray(mask)
 
 
@@ -291,6 +315,15 @@ def fit_colour(method: str, stores: dict[str, Path]) -> ColourNormaliser:
     return ColourNormaliser(method, reference)
 
 
+def fit_input_norm(config: Config) -> InputNorm:
+    """The input normalisation to train with (``model.input_norm``), refused beside colour normalisation."""
+    input_norm = InputNorm.from_config(config.model)
+    check_combination(config.slides.normalise, input_norm.method)
+    if input_norm.active:
+        log.info("input normalisation %s (per slide, from each tile store's input_stats)", input_norm.as_dict())
+    return input_norm
+
+
 def write_metrics(history: list[dict[str, float]], out_dir: Path) -> None:
     """metrics.csv and curves.png, both atomic."""
     frame = pd.DataFrame(history, columns=METRIC_COLUMNS)
@@ -315,7 +348,10 @@ class _Runner:
             self.model.to(memory_format=torch.channels_last)
 
     def batch(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = to_tensor(images, self.mean, self.std, device=self.device)
+        if images.dtype == torch.uint8:
+            x = to_tensor(images, self.mean, self.std, device=self.device)
+        else:  # float: standardised by the dataset (model.input_norm: per_image), NHWC -> NCHW only
+            x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         y = masks.to(self.device, non_blocking=True).unsqueeze(1)
@@ -338,8 +374,8 @@ def train_one_epoch(runner: _Runner, loader: DataLoader, loss_fn: nn.Module, opt
     total = torch.zeros((), dtype=torch.float64, device=runner.device)
     finite = torch.zeros((), dtype=torch.int64, device=runner.device)
     seen = 0
-    for images, masks in progress(loader, total=len(loader), desc=desc, logger=log):
-        loss = train_step(runner, images, masks, loss_fn, optimizer, scaler)
+    for images, masks, *weight in progress(loader, total=len(loader), desc=desc, logger=log):
+        loss = train_step(runner, images, masks, loss_fn, optimizer, scaler, weight[0] if weight else None)
         ok = torch.isfinite(loss)
         total += torch.where(ok, loss.double(), 0.0) * len(images)
         finite += ok.long() * len(images)
@@ -351,10 +387,18 @@ def train_one_epoch(runner: _Runner, loader: DataLoader, loss_fn: nn.Module, opt
 
 
 def train_step(runner: _Runner, images: torch.Tensor, masks: torch.Tensor, loss_fn: nn.Module,
-               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> torch.Tensor:
-    """One optimiser step on a uint8 batch; returns the detached loss (no device sync)."""
+               optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+               weight: torch.Tensor | None = None) -> torch.Tensor:
+    """One optimiser step on a uint8 batch; returns the detached loss (no device sync).
+
+    ``weight``: the batch's per-pixel weight maps (N, H, W) for a loss that takes them
+    (``border_bce``); ignored by one that does not (e.g. a fine-tune loss without it).
+    """
     x, y = runner.batch(images, masks)
-    loss = loss_fn(runner.forward(x), y)
+    fn = loss_fn
+    if weight is not None and getattr(loss_fn, "takes_weight", False):
+        fn = functools.partial(loss_fn, weight=weight.to(runner.device, non_blocking=True).unsqueeze(1))
+    loss = supervised_loss(fn, runner.forward(x), y)  # deep supervision: mean over the model's outputs
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.step(optimizer)
@@ -452,10 +496,14 @@ def fit(
     device = select_device(tcfg.device)
     data_key = _data_key(train_index)
     colour = fit_colour(config.slides.normalise, stores)
-    meta = {"data_key": data_key, "colour": colour.as_dict(), **(extra_meta or {})}
+    input_norm = fit_input_norm(config)
+    meta = {"data_key": data_key, "colour": colour.as_dict(), "input_norm": input_norm.as_dict(), **(extra_meta or {})}
 
-    train_ds = TileDataset(train_index, stores, build_augment(tcfg.augment), colour)
-    val_ds = TileDataset(val_index, stores, colour=colour) if len(val_index) else None
+    border = BorderWeights.from_config(tcfg) if needs_border_weights(tcfg) else None  # border_bce only
+    if border is not None:
+        log.info("border_bce: U-Net weight maps per training tile (w0 %g, sigma %g px)", border.w0, border.sigma)
+    train_ds = TileDataset(train_index, stores, build_augment(tcfg.augment), colour, input_norm, border)
+    val_ds = TileDataset(val_index, stores, colour=colour, input_norm=input_norm) if len(val_index) else None
     sampler = EpochSampler(len(train_ds), tcfg.seed, tcfg.max_tiles_per_epoch)
     train_loader = make_loader(train_ds, tcfg.batch_size, tcfg.num_workers, device, sampler, tcfg.seed,
                                drop_last=len(sampler) > tcfg.batch_size)

@@ -187,6 +187,7 @@ def test_same_seed_same_metrics_and_exact_resume(data, tmp_path, caplog, monkeyp
     pd.testing.assert_frame_equal(before[cols], straight[cols].iloc[:2], check_exact=True)  # same seed
 
     caplog.set_level(logging.INFO, logger="pipeline.train")
+    caplog.clear()  # only what follows (an earlier test may have left the logger at INFO)
     resumed = train_fold(index, stores, 1, tmp_path / "b", config)
     assert "resuming fold 1 from" in caplog.text and "at epoch 2" in caplog.text
     assert "epoch 1/3" not in caplog.text and "epoch 3/3" in caplog.text  # only epoch 3 ran
@@ -202,6 +203,7 @@ def test_resume_with_more_epochs(data, tmp_path, caplog) -> None:
     before = pd.read_csv(tmp_path / "metrics.csv")
 
     caplog.set_level(logging.INFO, logger="pipeline.train")
+    caplog.clear()  # only what follows (an earlier test may have left the logger at INFO)
     more = train_fold(index, stores, 1, tmp_path, small_config(epochs=3, folds=2))
     assert "at epoch 2" in caplog.text and "epoch 1/3" not in caplog.text and "epoch 3/3" in caplog.text
     after = pd.read_csv(tmp_path / "metrics.csv")
@@ -226,6 +228,7 @@ def test_resumed_run_without_epochs_left_still_writes_the_model(data, tmp_path, 
     (tmp_path / "model.pt").unlink()  # a kill after the last epoch, or a changed patience/device
 
     caplog.set_level(logging.INFO, logger="pipeline.train")
+    caplog.clear()  # only what follows (an earlier test may have left the logger at INFO)
     metrics = train_fold(index, stores, 1, tmp_path, small_config(epochs=2, folds=2, patience=1))
     assert "epoch 1/2" not in caplog.text and "epoch 2/2:" not in caplog.text  # nothing retrained
     assert "model.pt written from the best epoch" in caplog.text

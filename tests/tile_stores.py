@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import zarr
 
+from pipeline.input_norm import intensity_stats
 from pipeline.stain import tissue_stats
-from pipeline.tiles import COLOUR_ATTR
+from pipeline.tiles import COLOUR_ATTR, INPUT_ATTR
 
 ENCODER = "tu-mobilenetv3_small_050"  # tiny timm encoder: fast on 2 shared CPU cores
 
@@ -29,7 +30,8 @@ def make_tile_stores(
 
     Positive tiles hold 1..max_discs dark discs on pink noise; then plain tissue, then glass.
     ``gains`` tints slide ``s`` (RGB gains: another camera). The colour statistics recorded
-    are those of the slide's non-glass tiles (the tissue stage takes them from a thumbnail).
+    are those of the slide's non-glass tiles (the tissue stage takes them from a thumbnail);
+    the intensity statistics (``model.input_norm``) those of all its tiles, per channel of the non-glass ones.
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
@@ -56,6 +58,8 @@ def make_tile_stores(
         path = root / f"{slide}.zarr"
         group = zarr.open_group(str(path), mode="w")
         group.attrs[COLOUR_ATTR] = tissue_stats(images[: n_pos + n_tissue]).as_dict()
+        tissue_mask = np.arange(n) < n_pos + n_tissue  # per tile: the thumbnail's tissue mask, tile-wise
+        group.attrs[INPUT_ATTR] = intensity_stats(images, np.broadcast_to(tissue_mask[:, None, None], (n, size, size))).as_dict()
         group.create_array("images", data=images, chunks=(1, size, size, 3))
         group.create_array("masks", data=masks, chunks=(1, size, size))
         stores[slide] = path
