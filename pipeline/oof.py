@@ -124,7 +124,8 @@ def run_oof_slide(
     Writes the consensus map ``out_zarr`` and the threshold counts ``out_csv``; returns the counts.
     """
     from pipeline.models import select_device
-    from pipeline.predict import load_models, predict_slide, slide_inputs
+    from pipeline.predict import load_models, predict_slide
+    from pipeline.slide_inputs import slide_inputs
     from pipeline.slides import open_slide
     from pipeline.tissue import load_tissue
 

@@ -19,6 +19,7 @@ import zarr
 from torch import nn
 
 from pipeline import predict as P
+from pipeline import slide_inputs as SI
 from pipeline.augment import to_tensor
 from pipeline.config import Config, ModelConfig, PredictConfig, SlidesConfig, TilesConfig, TrainConfig, load_config
 from pipeline.config_checks import check_config
@@ -245,7 +246,7 @@ def test_fit_stores_the_setting_in_the_checkpoint(tmp_path: Path) -> None:
     meta = read_checkpoint(tmp_path / "model" / "model.pt")
     assert meta["input_norm"] == {"method": "invert_dark", "invert_threshold": 100.0}
     assert InputNorm.from_meta(meta) == InputNorm("invert_dark", 100.0)
-    assert P.ensemble_input_norm([meta], ["model.pt"]) == InputNorm("invert_dark", 100.0)
+    assert SI.ensemble_input_norm([meta], ["model.pt"]) == InputNorm("invert_dark", 100.0)
 
 
 # ---------------------------------------------------------------- prediction over whole slides
@@ -421,7 +422,7 @@ def test_tiles_and_prediction_share_the_slides_statistics(tmp_path: Path) -> Non
     tissue = load_tissue(tmp_path / "s.png", image.shape[:2])
     assert read_input_stats(store) == intensity_stats(tissue.thumbnail, tissue.mask)
     for norm in (InputNorm("invert_dark"), InputNorm("per_image")):
-        pixel_map, mean, std, _ = P.slide_input_norm(norm, tissue, "s.tiff", MEAN, STD)
+        pixel_map, mean, std, _ = SI.slide_input_norm(norm, tissue, "s.tiff", MEAN, STD)
         data = TileDataset(index, {"s": store}, input_norm=norm)
         with open_slide(tmp_path / "s.tiff") as reader:
             for row, (y0, x0) in enumerate(zip(index["y0"], index["x0"])):

@@ -159,7 +159,7 @@ def test_prediction_normalises_with_the_slides_own_statistics(tmp_path: Path) ->
 
 
 def test_ensemble_members_must_share_the_normalisation(tmp_path: Path) -> None:
-    from pipeline.predict import ensemble_colour
+    from pipeline.slide_inputs import ensemble_colour
 
     ref = stain.ColourStats((70.0, 20.0, -10.0), (10.0, 5.0, 4.0))
     metas = [{"colour": stain.ColourNormaliser("reinhard", ref).as_dict()}, {}]
@@ -190,7 +190,7 @@ def test_scanner_augmentations_change_colour_only_when_asked() -> None:
 
 
 def test_normalising_needs_the_slides_thumbnail(tmp_path: Path) -> None:
-    from pipeline.predict import slide_normaliser
+    from pipeline.slide_inputs import slide_normaliser
     from pipeline.tissue import load_tissue
 
     image, mask = _tissue_image(np.random.default_rng(2))
