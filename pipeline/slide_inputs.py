@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 log = get_logger(__name__)
 
 
+def _require_thumbnail(tissue: TissueMask | None, source: Any, what: str) -> None:
+    """DataError unless the slide's tissue-stage thumbnail is there: per-slide statistics come from it."""
+    if tissue is None or tissue.thumbnail_from_mask:
+        missing = "no tissue mask was given (--tissue)" if tissue is None else \
+            "the tissue mask has no thumbnail beside it ({id}.thumb.png, written by the tissue stage)"
+        raise DataError(source, f"the model normalises {what} with the slide's tissue statistics, but {missing}")
+
+
 def ensemble_colour(metas: Sequence[dict[str, Any]], checkpoints: Sequence[str | os.PathLike[str]]) -> ColourNormaliser:
     """The colour normalisation the checkpoints were trained with; members must agree (one map per slide)."""
     colours = [ColourNormaliser.from_dict(m.get("colour")) for m in metas]
@@ -42,11 +50,7 @@ def slide_normaliser(
     """(window map or None, attrs to record) for one slide: its tissue's colour statistics onto the reference."""
     if not colour.active:
         return None, {}
-    if tissue is None or tissue.thumbnail_from_mask:
-        missing = "no tissue mask was given (--tissue)" if tissue is None else \
-            "the tissue mask has no thumbnail beside it ({id}.thumb.png, written by the tissue stage)"
-        raise DataError(source, f"the model normalises colour ({colour.method}) with the slide's tissue "
-                                f"statistics, but {missing}")
+    _require_thumbnail(tissue, source, f"colour ({colour.method})")
     stats = tissue_stats(tissue.thumbnail, tissue.mask)
     log.info("%s: colour normalisation %s, slide LAB mean %s -> reference %s", source or "slide", colour.method,
              [round(v, 1) for v in stats.mean], [round(v, 1) for v in colour.reference.mean])
@@ -74,11 +78,7 @@ def slide_input_norm(
     """
     if not input_norm.active:
         return None, list(mean), list(std), {}
-    if tissue is None or tissue.thumbnail_from_mask:
-        missing = "no tissue mask was given (--tissue)" if tissue is None else \
-            "the tissue mask has no thumbnail beside it ({id}.thumb.png, written by the tissue stage)"
-        raise DataError(source, f"the model normalises its input ({input_norm.method}) with the slide's "
-                                f"statistics, but {missing}")
+    _require_thumbnail(tissue, source, f"its input ({input_norm.method})")
     stats = intensity_stats(tissue.thumbnail, tissue.mask)
     pixel_map = input_norm.pixel_map(stats)
     m, s = input_norm.tensor_stats(stats, mean, std)

@@ -501,24 +501,24 @@ def open_tile_store(path: str | os.PathLike[str]) -> tuple[zarr.Array, zarr.Arra
     return images, masks
 
 
+def _slide_stats_attr(path: str | os.PathLike[str], key: str, what: str) -> Any:
+    """A per-slide statistics attribute of a tile store; DataError saying how to get it when absent."""
+    attrs = zarr.open_group(Path(path), mode="r").attrs
+    if key not in attrs:
+        raise DataError(path, f"tile store has no {what} (written before it existed, or its tissue mask had no "
+                              "{id}.thumb.png): delete it and rerun the tiles stage (after the tissue stage for a "
+                              "missing thumbnail)")
+    return attrs[key]
+
+
 def read_colour_stats(path: str | os.PathLike[str]) -> ColourStats:
     """The slide's colour statistics a tile store records (from its tissue thumbnail; :mod:`pipeline.stain`)."""
-    attrs = zarr.open_group(Path(path), mode="r").attrs
-    if COLOUR_ATTR not in attrs:
-        raise DataError(path, "tile store has no colour statistics (written before colour normalisation "
-                              "existed, or its tissue mask had no {id}.thumb.png): delete it and rerun the "
-                              "tiles stage (after the tissue stage for a missing thumbnail)")
-    return ColourStats.from_dict(attrs[COLOUR_ATTR])
+    return ColourStats.from_dict(_slide_stats_attr(path, COLOUR_ATTR, "colour statistics"))
 
 
 def read_input_stats(path: str | os.PathLike[str]) -> IntensityStats:
     """The slide's intensity statistics a tile store records (from its tissue thumbnail; :mod:`pipeline.input_norm`)."""
-    attrs = zarr.open_group(Path(path), mode="r").attrs
-    if INPUT_ATTR not in attrs:
-        raise DataError(path, "tile store has no intensity statistics for model.input_norm (written before input "
-                              "normalisation existed, or its tissue mask had no {id}.thumb.png): delete it and rerun "
-                              "the tiles stage (after the tissue stage for a missing thumbnail)")
-    return IntensityStats.from_dict(attrs[INPUT_ATTR])
+    return IntensityStats.from_dict(_slide_stats_attr(path, INPUT_ATTR, "intensity statistics for model.input_norm"))
 
 
 def read_tile_index(path: str | os.PathLike[str]) -> pd.DataFrame:

@@ -30,6 +30,7 @@ from pipeline.reduced import read_window
 from pipeline.slides import open_slide
 from pipeline.tissue import TissueMask, load_tissue, save_tissue
 from pipeline.train import TileDataset, _Runner, fit
+from tests.test_reduced import SmallNet
 from tests.tile_stores import ENCODER, make_tile_stores
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -252,16 +253,6 @@ def test_fit_stores_the_setting_in_the_checkpoint(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- prediction over whole slides
 
 
-class SmallNet(nn.Module):
-    """A real (random, fixed-seed) conv net: its output depends on every input pixel nearby."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 5, padding=2), nn.ReLU(), nn.Conv2d(8, 1, 5, padding=2))
-
-    def forward(self, x):
-        return 30.0 * self.body(x)
 
 
 MCFG = ModelConfig(arch="Unet", encoder="resnet18", decoder_channels=[16, 8, 8, 8, 8])
