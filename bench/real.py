@@ -256,6 +256,7 @@ def run_workflow(workdir: Path, config: Path, cores: str) -> int:
     command = [
         sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "workflow" / "Snakefile"),
         "--directory", str(workdir), "--configfile", str(config), "--cores", str(cores),
+        "--rerun-incomplete",  # a killed benchmark resumes (train from its last.pt) instead of stopping
     ]  # fmt: skip
     log_path = workdir / "snakemake.log"
     print(f"$ {' '.join(command)}\n  (log: {log_path})", flush=True)
