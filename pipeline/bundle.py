@@ -228,16 +228,6 @@ def check_against(config: Any, bundle: Bundle) -> None:
         raise ConfigError(None, f"model bundle {bundle.path}: " + "; ".join(problems))
 
 
-def serving_config(config: Any, bundle: Bundle) -> Any:
-    """``config`` with the bundle's geometry and post-processing: the Kaggle command's base."""
-    import dataclasses
-
-    geometry = bundle.geometry
-    post = {k: v for k, v in bundle.card["postprocessing"].items() if k in POSTPROCESS_KEYS}
-    predict = dataclasses.replace(config.predict, window=geometry["tile_size"], out_size=geometry["out_size"], **post)
-    return dataclasses.replace(config, predict=predict)
-
-
 def _registry_append(registry: Path, row: Mapping[str, Any]) -> None:
     """One row appended to ``registry.csv`` (header when new); rewritten atomically so it is never torn."""
     rows = []
@@ -292,4 +282,4 @@ def promote(bundle_dir: str | os.PathLike[str], serving_dir: str | os.PathLike[s
     return decision
 
 
-__all__ = ["Bundle", "check_against", "contradictions", "promote", "read_bundle", "serving_config", "write_bundle"]
+__all__ = ["Bundle", "check_against", "contradictions", "promote", "read_bundle", "write_bundle"]

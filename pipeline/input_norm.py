@@ -54,7 +54,7 @@ import numpy as np
 
 from pipeline.config_checks import check_input_norm_combination as check_combination
 from pipeline.errors import ConfigError
-from pipeline.stain import MIN_PIXELS
+from pipeline.stain import tissue_rows
 
 if TYPE_CHECKING:
     import torch
@@ -96,13 +96,7 @@ def intensity_stats(image: np.ndarray, mask: np.ndarray | None = None) -> Intens
     pixels = np.asarray(image).reshape(-1, 3).astype(np.float64)
     if pixels.shape[0] == 0:
         return IntensityStats(255.0, (255.0, 255.0, 255.0), (STD_FLOOR,) * 3)  # type: ignore[arg-type]
-    chosen = pixels
-    if mask is not None:
-        keep = np.asarray(mask, bool).reshape(-1)
-        if keep.shape[0] != pixels.shape[0]:
-            raise ValueError(f"tissue mask of {np.shape(mask)} does not match image {np.shape(image)[:-1]}")
-        if int(keep.sum()) >= MIN_PIXELS:
-            chosen = pixels[keep]
+    chosen = tissue_rows(pixels, mask, np.shape(image)[:-1])
     mean, std = chosen.mean(axis=0), np.maximum(chosen.std(axis=0), STD_FLOOR)
     return IntensityStats(float(pixels.mean()), tuple(mean.tolist()), tuple(std.tolist()))  # type: ignore[arg-type]
 

@@ -74,19 +74,27 @@ def from_lab(lab: np.ndarray) -> np.ndarray:
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def tissue_rows(pixels: np.ndarray, mask: np.ndarray | None, image_shape: tuple[int, ...]) -> np.ndarray:
+    """The rows of ``pixels`` (one per image pixel) inside the tissue ``mask``, or all of them.
+
+    All of them without a mask, or when it holds fewer than :data:`MIN_PIXELS` pixels (a
+    blank slide), so that per-slide statistics stay defined.
+    """
+    if mask is None:
+        return pixels
+    keep = np.asarray(mask, bool).reshape(-1)
+    if keep.shape[0] != pixels.shape[0]:
+        raise ValueError(f"tissue mask of {np.shape(mask)} does not match image {tuple(image_shape)}")
+    return pixels[keep] if int(keep.sum()) >= MIN_PIXELS else pixels
+
+
 def tissue_stats(thumbnail: np.ndarray, mask: np.ndarray | None = None) -> ColourStats:
     """Colour statistics of a slide's tissue (``mask`` True) in its low-res ``thumbnail``.
 
     With fewer than :data:`MIN_PIXELS` tissue pixels (a blank slide) the whole thumbnail
     is used, so the map stays defined; the tissue stage has already warned about it.
     """
-    lab = to_lab(thumbnail).reshape(-1, 3).astype(np.float64)
-    if mask is not None:
-        keep = np.asarray(mask, bool).reshape(-1)
-        if keep.shape[0] != lab.shape[0]:
-            raise ValueError(f"tissue mask of {mask.shape} does not match thumbnail {thumbnail.shape[:2]}")
-        if int(keep.sum()) >= MIN_PIXELS:
-            lab = lab[keep]
+    lab = tissue_rows(to_lab(thumbnail).reshape(-1, 3).astype(np.float64), mask, thumbnail.shape[:2])
     if lab.shape[0] == 0:
         return ColourStats((100.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     mean, std = lab.mean(axis=0), np.maximum(lab.std(axis=0), STD_FLOOR)
@@ -161,6 +169,7 @@ __all__ = [
     "from_lab",
     "reference_stats",
     "reinhard",
+    "tissue_rows",
     "tissue_stats",
     "to_lab",
 ]
