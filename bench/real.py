@@ -37,6 +37,7 @@ The data set (:func:`build_dataset`), decisions written down:
     .venv/bin/python bench/real.py --config bench/real-cpu.yaml --out /tmp/real-bench-cpu  # ~40 min CPU
     .venv/bin/python bench/real.py --config config/config.yaml --out /tmp/real-bench-full  # GPU
     .venv/bin/python bench/real.py --build-only --out /tmp/aidp
+    .venv/bin/python bench/real.py --patches --config bench/real-cpu.yaml --out /tmp/real-bench-patches  # tiles as a patch set
 
 Data: Bueno G., Gonzalez-Lopez L., Garcia-Rojo M., Laurinavicius A. (2020), "Data for
 glomeruli characterization in histopathological images", Mendeley Data V3,
@@ -225,6 +226,32 @@ def build_dataset(
     return out
 
 
+def build_patch_dataset(src_dir: Path = SOURCE, out_dir: Path = Path("/tmp/real-bench-patches/data")) -> Path:
+    """The same split as :data:`LAYOUT`, as a ``data_layout: patches`` folder: one image per tile.
+
+    ``{split}/images/{tile}.png`` and ``{split}/masks/{tile}.png`` are links to the source
+    files (never copies), so the workflow sees each 1024 px tile on its own, with no mosaic seams.
+    ``HuBMAP-20-dataset_information.csv`` gives each tile its mosaic as ``patient_number``, so
+    folds keep neighbouring tiles together as the mosaic run does.
+    """
+    out = Path(out_dir)
+    check_layout(LAYOUT, src_dir)
+    for split, grid in LAYOUT.values():
+        for name in (n for row in grid for n in row):
+            for kind in ("images", "masks"):
+                link = out / split / kind / f"{name}.png"
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if not link.is_symlink():
+                    link.symlink_to((Path(src_dir) / kind / f"{name}.png").resolve())
+    write_text_atomic(out / "SOURCE.txt", ATTRIBUTION + "\n")
+    # the tiles of one mosaic are neighbours in one biopsy (a glomerulus may span two): one fold group
+    write_csv_atomic(
+        out / "HuBMAP-20-dataset_information.csv", ["image_file", "patient_number"],
+        [[f"{name}.png", slide_id] for slide_id, (_, grid) in LAYOUT.items() for row in grid for name in row],
+    )  # fmt: skip
+    return out
+
+
 def read_split(data_dir: Path) -> list[dict[str, Any]]:
     """Rows of ``split.csv`` with the integer columns as ints."""
     with open(data_dir / "split.csv", newline="") as fh:
@@ -238,12 +265,13 @@ def read_split(data_dir: Path) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------- the run
 
 
-def write_config(config_in: Path, workdir: Path) -> Path:
+def write_config(config_in: Path, workdir: Path, layout: str = "kaggle") -> Path:
     """``workdir/config.yaml``: the chosen config with data_dir / results_dir inside workdir."""
     import yaml
 
     config = yaml.safe_load(config_in.read_text()) or {}
     config["data_dir"] = str(workdir / "data")
+    config["data_layout"] = layout
     config["results_dir"] = str(workdir / "results")
     path = workdir / "config.yaml"
     write_text_atomic(path, yaml.safe_dump(config, sort_keys=False))
@@ -439,19 +467,26 @@ def print_oof(results: Path, test_mean: float) -> None:
           f"({choice['threshold_source']})")
 
 
-def report(workdir: Path, n_worst: int) -> None:
+def print_test_dice(results: Path) -> float:
+    """The workflow's Dice per test slide (or patch); returns the mean."""
     import pandas as pd
 
-    results = workdir / "results"
     dice_csv = results / "evaluation" / "dice.csv"
-    table = pd.read_csv(dice_csv)
+    table = pd.read_csv(dice_csv, dtype={"id": str})
     print(f"\nDice per test slide ({dice_csv}):")
     print(f"  {'slide':<12} {'Dice':>7} {'predicted px':>13} {'truth px':>10}")
     for row in table.itertuples():
         pred = "" if pd.isna(row.predicted_area) else f"{int(row.predicted_area):,}"
         truth = "" if pd.isna(row.truth_area) else f"{int(row.truth_area):,}"
         print(f"  {row.id:<12} {row.dice:>7.4f} {pred:>13} {truth:>10}")
-    print_oof(results, float(table["dice"].iloc[-1]))
+    return float(table["dice"].iloc[-1])
+
+
+def report(workdir: Path, n_worst: int) -> None:
+    import pandas as pd
+
+    results = workdir / "results"
+    print_oof(results, print_test_dice(results))
     rows = per_tile(workdir, n_worst)
     print("\nDice per test tile (the mosaics cut back into their 1024 px tiles):")
     header = (f"  {'tile':<6} {'slide':<11} {'r,c':<4} {'Dice':>6} {'pred px':>8} {'truth px':>8} "
@@ -481,7 +516,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--build-only", action="store_true", help="write the data set and stop")
     parser.add_argument("--rebuild", action="store_true", help="rewrite the data set even if it is complete")
     parser.add_argument("--worst", type=int, default=3, help="overlays of this many worst test tiles")
+    parser.add_argument("--patches", action="store_true",
+                        help="the same split as separate 1024 px images (data_layout: patches), no mosaics")
     args = parser.parse_args(argv)
+    if args.patches:
+        return main_patches(args)
 
     start = time.perf_counter()
     workdir = args.out.resolve()
@@ -516,6 +555,25 @@ def main(argv: list[str] | None = None) -> int:
               + ", ".join(f"{k} {v:.0f} s" for k, v in sorted(times.items(), key=lambda kv: -kv[1])))  # fmt: skip
     print(f"\nwall time: workflow {workflow_s:.0f} s, total {time.perf_counter() - start:.0f} s "
           f"(config {args.config}, --cores {args.cores})")  # fmt: skip
+    return 0
+
+
+def main_patches(args: argparse.Namespace) -> int:
+    """``--patches``: the workflow on the tiles as a patch set; Dice per test image and out of fold."""
+    start = time.perf_counter()
+    workdir = args.out.resolve()
+    data = build_patch_dataset(args.source, workdir / "data")
+    print(f"patch set (links to {args.source}) in {data}\n  {ATTRIBUTION}")
+    config = write_config(args.config.resolve(), workdir, layout="patches")
+    rc = run_workflow(workdir, config, args.cores)
+    if rc != 0:
+        print(f"workflow failed (exit {rc}); see {workdir / 'snakemake.log'}", file=sys.stderr)
+        return rc
+    results = workdir / "results"
+    print_oof(results, print_test_dice(results))
+    times = stage_times(results)
+    print("\nworkflow time per rule: " + ", ".join(f"{k} {v:.0f} s" for k, v in sorted(times.items(), key=lambda kv: -kv[1])))
+    print(f"\nwall time {time.perf_counter() - start:.0f} s (config {args.config}, --cores {args.cores})")
     return 0
 
 

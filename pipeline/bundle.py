@@ -51,7 +51,7 @@ POSTPROCESS_KEYS = ("fill_holes", "min_object_px", "upsample")
 
 
 #: Top-level keys of a run's config that say where it ran, not what the model is.
-SERVING_KEYS = ("results_dir", "model_bundle", "promote_to")
+SERVING_KEYS = ("results_dir", "model_bundle", "promote_to", "data_layout")
 
 
 class _PlainDumper(yaml.SafeDumper):

@@ -58,8 +58,11 @@ def _read_index(paths: Sequence[Path]):
 
 
 def cmd_synth(args: argparse.Namespace, config: Config) -> None:
-    from pipeline.synthetic import make_dataset
+    from pipeline.synthetic import make_dataset, make_nuclei_dataset
 
+    if args.layout == "dsb2018":
+        make_nuclei_dataset(args.out, n_train=args.n_train, n_test=args.n_test, size=args.width, seed=args.seed)
+        return
     make_dataset(
         args.out,
         n_train=args.n_train,
@@ -86,7 +89,7 @@ def cmd_truth_check(args: argparse.Namespace, config: Config) -> None:
 def cmd_tissue(args: argparse.Namespace, config: Config) -> None:
     from pipeline.tissue import run_tissue
 
-    run_tissue(args.slide, args.mask_png, args.thumbnail_png, config)
+    run_tissue(args.slide, args.mask_png, args.thumbnail_png, config, whole_image=args.whole_image)
 
 
 def cmd_tiles(args: argparse.Namespace, config: Config) -> None:
@@ -166,6 +169,16 @@ def cmd_encode(args: argparse.Namespace, config: Config) -> None:
     )  # fmt: skip
 
 
+def cmd_mask_png(args: argparse.Namespace, config: Config) -> None:
+    from pipeline.patches import write_mask_png
+    from pipeline.slides import open_slide
+    from pipeline.submission import read_rle_file
+
+    with open_slide(args.slide, backend=config.slides.backend) as reader:
+        shape = tuple(reader.shape)[:2]
+    write_mask_png(read_rle_file(args.rle), shape, args.out)
+
+
 def cmd_bundle(args: argparse.Namespace, config: Config) -> None:
     from pipeline.bundle import write_bundle
 
@@ -231,12 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="stage", required=True, metavar="STAGE")
 
-    p = _stage(sub, "synth", cmd_synth, "write a synthetic data set in the Kaggle layout")
+    p = _stage(sub, "synth", cmd_synth, "write a synthetic data set: kidney slides (Kaggle layout) or nuclei (dsb2018)")
     p.add_argument("--out", type=Path, required=True, help="data directory to create")
+    p.add_argument("--layout", choices=["kaggle", "dsb2018"], default="kaggle",
+                   help="kaggle: kidney slides with glomeruli; dsb2018: touching nuclei, a third dark-field")
     p.add_argument("--n-train", type=int, default=4)
     p.add_argument("--n-test", type=int, default=2)
     p.add_argument("--height", type=int, default=6144)
-    p.add_argument("--width", type=int, default=6144)
+    p.add_argument("--width", type=int, default=6144, help="(dsb2018: the side of the square images)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compression", default="jpeg", help="TIFF codec: jpeg, zlib, lzw or none")
 
@@ -252,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--slide", type=Path, required=True)
     p.add_argument("--mask-png", type=Path, required=True)
     p.add_argument("--thumbnail-png", type=Path, required=True)
+    p.add_argument("--whole-image", action="store_true", help="every pixel is tissue (patch data sets)")
+
+    p = _stage(sub, "mask-png", cmd_mask_png, "one predicted mask as a binary PNG of its image (patch data sets)")
+    p.add_argument("--rle", type=Path, required=True, help="the image's {id}.rle from the encode stage")
+    p.add_argument("--slide", type=Path, required=True, help="the (staged) image, for its size")
+    p.add_argument("--out", type=Path, required=True)
 
     p = _stage(sub, "tiles", cmd_tiles, "extract training tiles of one slide into a Zarr store")
     p.add_argument("--slide", type=Path, required=True)

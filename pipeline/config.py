@@ -160,6 +160,7 @@ class Config:
     """The whole configuration."""
 
     data_dir: str = "data/demo"  # input folder in the Kaggle layout (train/, test/, train.csv, ...)
+    data_layout: str = "kaggle"  # kaggle (slides) | patches ({split}/images/{id}.png + {split}/masks/{id}.png) | dsb2018 ({split}/{id}/images/{id}.png + {split}/{id}/masks/*.png, one mask per object); patch sets are staged as small slides under results_dir/staged
     results_dir: str = "results/demo"  # every output goes under this folder
     model_bundle: str | None = None  # a trained model bundle directory: predict-only run (no training; geometry, normalisation and auto threshold from the bundle)
     promote_to: str | None = None  # training runs: copy the new bundle here if its out-of-fold Dice is not lower than the one there (registry.csv beside it)

@@ -173,10 +173,17 @@ def mask_downsample(mask_shape: tuple[int, int], slide_shape: tuple[int, int], s
     )
 
 
-def detect_tissue(reader: SlideReader, cfg: TissueConfig) -> TissueMask:
-    """Tissue mask of a slide from its ~1/``cfg.downsample`` image (bounded by that image)."""
+def detect_tissue(reader: SlideReader, cfg: TissueConfig, whole_image: bool = False) -> TissueMask:
+    """Tissue mask of a slide from its ~1/``cfg.downsample`` image (bounded by that image).
+
+    ``whole_image``: every pixel is tissue (patch sets: an image is all region of interest,
+    and dark-field images have no stain saturation to detect).
+    """
     thumb = np.ascontiguousarray(reader.read_region_downsampled(int(cfg.downsample)))
-    mask, threshold = tissue_from_thumbnail(thumb, cfg)
+    if whole_image:
+        mask, threshold = np.ones(thumb.shape[:2], bool), 0.0
+    else:
+        mask, threshold = tissue_from_thumbnail(thumb, cfg)
     downsample = mask_downsample(mask.shape, tuple(reader.shape), getattr(reader, "path", None))
     log.info(
         "%s: tissue %.1f%% of %d x %d mask (saturation >= %.3f)",
@@ -250,10 +257,10 @@ def load_tissue(mask_png, slide_shape: tuple[int, int], thumbnail_png=None) -> T
     return TissueMask(mask=mask, downsample=downsample, thumbnail=thumb)
 
 
-def run_tissue(slide_path, mask_png, thumbnail_png, config: Config) -> None:
-    """Stage entry point: detect tissue on one slide, write mask and thumbnail PNGs."""
+def run_tissue(slide_path, mask_png, thumbnail_png, config: Config, whole_image: bool = False) -> None:
+    """Stage entry point: detect tissue on one slide (or take all of it), write mask and thumbnail PNGs."""
     from pipeline.slides import open_slide
 
     with open_slide(slide_path, backend=config.slides.backend) as reader:
-        tissue = detect_tissue(reader, config.tissue)
+        tissue = detect_tissue(reader, config.tissue, whole_image)
     save_tissue(tissue, mask_png, thumbnail_png)

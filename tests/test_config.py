@@ -46,7 +46,7 @@ def test_every_key_is_documented_in_schema_and_readme() -> None:
     walk(Config, "")
 
 
-SHIPPED_CONFIGS = ["config/config.yaml", "config/demo.yaml", "bench/real-cpu.yaml"]
+SHIPPED_CONFIGS = ["config/config.yaml", "config/demo.yaml", "config/nuclei.yaml", "bench/real-cpu.yaml"]
 
 
 @pytest.mark.parametrize("name", SHIPPED_CONFIGS)
@@ -94,7 +94,7 @@ def _leaf_keys(data: dict, prefix: str = "") -> set[str]:
     return keys
 
 
-@pytest.mark.parametrize("name", ["config/demo.yaml", "bench/real-cpu.yaml"])
+@pytest.mark.parametrize("name", ["config/demo.yaml", "config/nuclei.yaml", "bench/real-cpu.yaml"])
 def test_small_configs_set_every_key_the_real_config_sets(name: str) -> None:
     """Snakemake loads config/config.yaml first and --configfile demo.yaml on top of it:
     a key only the real config sets would leak real-run values (e.g. 8 loader workers) into the demo."""

@@ -32,13 +32,16 @@ Modules, one job each (the public names are re-exported here):
 * :mod:`pipeline.synthetic.tiff` -- :func:`write_synthetic_slide`, one slide as a tiled TIFF.
 * :mod:`pipeline.synthetic.dataset` -- :func:`make_dataset` and :func:`slide_ids`, a data set
   in the Kaggle layout.
+* :mod:`pipeline.synthetic.nuclei` -- :func:`make_nuclei_dataset`, touching nuclei (a third
+  dark-field) in the Data Science Bowl 2018 layout, for ``data_layout: dsb2018``.
 """
 
 from __future__ import annotations
 
 from pipeline.synthetic.dataset import make_dataset, slide_ids
+from pipeline.synthetic.nuclei import make_nuclei_dataset
 from pipeline.synthetic.plan import plan_slide
 from pipeline.synthetic.render import render_tile
 from pipeline.synthetic.tiff import write_synthetic_slide
 
-__all__ = ["make_dataset", "plan_slide", "render_tile", "slide_ids", "write_synthetic_slide"]
+__all__ = ["make_dataset", "make_nuclei_dataset", "plan_slide", "render_tile", "slide_ids", "write_synthetic_slide"]

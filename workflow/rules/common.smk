@@ -21,6 +21,7 @@ from pipeline.dataset import (
 )
 from pipeline.folds import fold_assignment
 from pipeline.jobenv import put_python_first_on_path
+from pipeline.patches import stage_patches
 
 validate(config, schema="../schemas/config.schema.yaml")
 # model_bundle: a predict-only run with a trained bundle (no training, no train.csv needed).
@@ -35,8 +36,17 @@ if BUNDLE is not None:
 # activated venv would have it, so `.venv/bin/snakemake` works as typed (see pipeline/jobenv.py).
 put_python_first_on_path()
 
-DATA = Path(config["data_dir"])
 RESULTS = Path(config["results_dir"])
+LAYOUT = config["data_layout"]
+# A patch set (images + masks, no slides) is staged as small one-page slides in the Kaggle
+# layout, incrementally (only new or changed images), so every stage below runs on it unchanged.
+DATA = (
+    Path(config["data_dir"])
+    if LAYOUT == "kaggle"
+    else stage_patches(
+        config["data_dir"], LAYOUT, RESULTS / "staged", warn=logger.warning
+    )
+)
 SLIDES = {slide.id: slide for slide in discover_slides(DATA)}
 # Bad inputs warned at every planning (unsupported file names, training slides without truth,
 # train.csv ids without a slide); an empty data_dir is an error. Training slides without truth
@@ -157,6 +167,11 @@ def all_outputs():
     if (TRAIN_IDS or BUNDLE is not None) and TEST_IDS:
         outputs += [RESULTS / "predictions" / f"{i}.png" for i in TEST_IDS]
         outputs += [RESULTS / "predictions" / f"{i}.geojson" for i in TEST_IDS]
+        # one binary mask per test image, as patch sets are usually scored
+        if LAYOUT != "kaggle":
+            outputs += [
+                RESULTS / "predictions" / "masks" / f"{i}.png" for i in TEST_IDS
+            ]
         outputs.append(RESULTS / "submission.csv")
         if has_test_truth():
             outputs.append(RESULTS / "evaluation" / "dice.csv")

@@ -70,3 +70,23 @@ rule encode:
         " --tissue {input.tissue} --out-objects {output.objects}"
         " --out-summary {output.summary} --out-sizes {output.sizes}"
         " --settings {params.settings:q} 2> {log}"
+
+
+rule mask_png:
+    input:
+        rle=RESULTS / "predictions" / "{id}.rle",
+        slide=slide_path,
+    output:
+        RESULTS / "predictions" / "masks" / "{id}.png",
+    log:
+        LOGS / "mask_png" / "{id}.log",
+    conda:
+        "../../environment.yml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        settings=settings("slides.backend"),
+    shell:
+        "python -m pipeline mask-png --rle {input.rle} --slide {input.slide} --out {output}"
+        " --settings {params.settings:q} 2> {log}"

@@ -19,6 +19,8 @@ rule tissue:
         runtime=20,
     params:
         settings=settings("slides.backend", "tissue"),
+        whole_image="" if LAYOUT == "kaggle" else "--whole-image",  # a patch is all region of interest
     shell:
         "python -m pipeline tissue --slide {input} --mask-png {output.mask}"
-        " --thumbnail-png {output.thumbnail} --settings {params.settings:q} 2> {log}"
+        " --thumbnail-png {output.thumbnail} {params.whole_image}"
+        " --settings {params.settings:q} 2> {log}"
