@@ -99,9 +99,9 @@ def _mean_row(path: Path, column: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/nuclei-bench"))
-    parser.add_argument("--n-train", type=int, default=24)
+    parser.add_argument("--n-train", type=int, default=16)
     parser.add_argument("--n-test", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0, help="data set seed (training uses train.seed, 42)")
     parser.add_argument("--cores", default="2")
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))

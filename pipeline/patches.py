@@ -75,49 +75,57 @@ def _images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
 
 
-def _checked_id(path: Path, stem: str) -> str:
-    if not SLIDE_ID.match(stem):
-        raise DataError(path, f"image id {stem!r} cannot be used: {SLIDE_ID_RULE}; rename it")
-    return stem
+Warn = Callable[[str], None]
 
 
-def _patches_split(data_dir: Path, split: str) -> list[Patch]:
+def _usable_id(path: Path, stem: str, warn: Warn) -> bool:
+    if SLIDE_ID.match(stem):
+        return True
+    warn(f"{path}: not processed: image id {stem!r} cannot be used: {SLIDE_ID_RULE}; rename it")
+    return False
+
+
+def _patches_split(data_dir: Path, split: str, warn: Warn) -> list[Patch]:
     masks = {p.stem: p for p in _images(data_dir / split / "masks")}
     out = []
     for image in _images(data_dir / split / "images"):
         mask = masks.pop(image.stem, None)
         if split == "train" and mask is None:
-            raise DataError(image, f"training image without a mask (expected {split}/masks/{image.stem}.png)")
-        out.append(Patch(_checked_id(image, image.stem), split, image, (mask,) if mask else (), False))
-    if masks:
-        orphan = next(iter(masks.values()))
-        raise DataError(orphan, f"mask without an image (expected {split}/images/{orphan.stem}.png)")
+            warn(f"{image}: not used: training image without a mask (expected {split}/masks/{image.stem}.png)")
+        elif _usable_id(image, image.stem, warn):
+            out.append(Patch(image.stem, split, image, (mask,) if mask else (), False))
+    for orphan in masks.values():
+        warn(f"{orphan}: not used: mask without an image (expected {split}/images/{orphan.stem}.png)")
     return out
 
 
-def _dsb_split(data_dir: Path, split: str) -> list[Patch]:
+def _dsb_split(data_dir: Path, split: str, warn: Warn) -> list[Patch]:
     folder = data_dir / split
     if not folder.is_dir():
         return []
     out = []
     for entry in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
         images = _images(entry / "images")
-        if len(images) != 1:
-            raise DataError(entry / "images", f"expected exactly one image, found {len(images)}")
         masks = tuple(_images(entry / "masks"))
-        if split == "train" and not masks:
-            raise DataError(entry / "masks", "training image without object masks")
-        out.append(Patch(_checked_id(entry, entry.name), split, images[0], masks, True))
+        if len(images) != 1:
+            warn(f"{entry / 'images'}: not used: expected exactly one image, found {len(images)}")
+        elif split == "train" and not masks:
+            warn(f"{entry / 'masks'}: not used: training image without object masks")
+        elif _usable_id(entry, entry.name, warn):
+            out.append(Patch(entry.name, split, images[0], masks, True))
     return out
 
 
-def find_patches(data_dir: str | Path, layout: str) -> list[Patch]:
-    """Every image of a ``patches`` or ``dsb2018`` folder, train before test, sorted by id.
+def find_patches(data_dir: str | Path, layout: str, warn: Warn | None = None) -> list[Patch]:
+    """Every usable image of a ``patches`` or ``dsb2018`` folder, train before test, sorted by id.
 
-    DataError naming the file for a training image without masks, a mask without an
-    image, an id that cannot be a file name, an id used twice, or a folder with no image.
+    Like slides in the Kaggle layout, a bad image never stops the others: a training image
+    without masks, a mask without an image, an id that cannot be a file name are each
+    reported to ``warn`` (the module logger by default) with the file, and left out.
+    DataError for an id used twice and for a folder with no usable image.
     """
     data_dir = Path(data_dir)
+    warn = warn or log.warning
     if layout not in LAYOUTS[1:]:
         raise ConfigError(None, f"data_layout: {layout!r} is not a patch layout (one of {', '.join(LAYOUTS[1:])})")
     if not data_dir.is_dir():
@@ -125,13 +133,13 @@ def find_patches(data_dir: str | Path, layout: str) -> list[Patch]:
     read_split = _patches_split if layout == "patches" else _dsb_split
     found: dict[str, Patch] = {}
     for split in SPLITS:
-        for patch in read_split(data_dir, split):
+        for patch in read_split(data_dir, split, warn):
             if patch.id in found:
                 raise DataError(patch.image, f"image id {patch.id!r} also at {found[patch.id].image}")
             found[patch.id] = patch
     if not found:
         expected = "{split}/images/{id}.png" if layout == "patches" else "{split}/{id}/images/{id}.png"
-        raise DataError(data_dir, f"no images for data_layout {layout} (expected {expected}, split train or test)")
+        raise DataError(data_dir, f"no usable images for data_layout {layout} (expected {expected}, split train or test)")
     return list(found.values())
 
 
@@ -254,24 +262,32 @@ def _remove_gone(staged: Path, patches: list[Patch]) -> None:
                     (staged / "truth" / f"{path.stem}.rle").unlink(missing_ok=True)
 
 
-def stage_patches(
-    data_dir: str | Path, layout: str, staged: str | Path, warn: Callable[[str], None] | None = None
-) -> Path:
-    """Stage a patch set as the Kaggle layout under ``staged`` and return that folder (see the module doc)."""
+def stage_patches(data_dir: str | Path, layout: str, staged: str | Path, warn: Warn | None = None) -> Path:
+    """Stage a patch set as the Kaggle layout under ``staged`` and return that folder (see the module doc).
+
+    Images that cannot be used are reported to ``warn`` at every call and left out (their
+    staged files removed), so a bad one never stops the others.
+    """
     staged = Path(staged)
-    patches = find_patches(data_dir, layout)
-    _remove_gone(staged, patches)
+    warn = warn or log.warning
+    found = find_patches(data_dir, layout, warn)
     truth: dict[str, dict[str, str]] = {split: {} for split in SPLITS}
-    redone = 0
-    for patch in patches:
-        rle, was_redone = _stage_one(patch, staged)
+    patches, redone = [], 0
+    for patch in found:
+        try:
+            rle, was_redone = _stage_one(patch, staged)
+        except DataError as err:  # an unreadable image or a mask of another size: this image only
+            warn(f"{err}: image {patch.id} not used")
+            continue
+        patches.append(patch)
         redone += was_redone
         if rle is not None:
             truth[patch.split][patch.id] = rle
+    _remove_gone(staged, patches)
     tests = [p.id for p in patches if p.split == "test"]
     _write_if_changed(staged / TRAIN_CSV, ["id", "encoding"], [[i, r] for i, r in truth["train"].items()])
     if truth["test"]:
-        if len(truth["test"]) < len(tests) and warn is not None:
+        if len(truth["test"]) < len(tests):
             warn(f"{data_dir}: {len(tests) - len(truth['test'])} of {len(tests)} test images have no mask; "
                  f"{TEST_TRUTH_CSV} scores only those with one")
         _write_if_changed(staged / TEST_TRUTH_CSV, ["id", "encoding"], [[i, r] for i, r in truth["test"].items()])

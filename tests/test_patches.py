@@ -145,20 +145,36 @@ def test_staging_is_incremental(tmp_path: Path) -> None:
         (lambda d: _png(np.zeros((8, 8), np.uint8), d / "train" / "masks" / "b.png"), "mask without an image"),
         (lambda d: (_png(np.zeros((8, 8, 3), np.uint8), d / "train" / "images" / "c.png"),
                     _png(np.zeros((9, 8), np.uint8), d / "train" / "masks" / "c.png")), "mask is 9 x 8 px"),
-        (lambda d: (_png(np.zeros((8, 8, 3), np.uint8), d / "test" / "images" / "bad name.png")), "rename it"),
+        (lambda d: _png(np.zeros((8, 8, 3), np.uint8), d / "test" / "images" / "bad name.png"), "rename it"),
+        (lambda d: (_png(np.zeros((8, 8, 3), np.uint8), d / "test" / "images" / "e.png"),
+                    (d / "test" / "images" / "e.png").write_bytes(b"not a png")), "cannot read image"),
     ],
 )
-def test_bad_patch_sets_name_the_file(tmp_path: Path, make, message: str) -> None:
+def test_a_bad_image_is_named_and_left_out_the_others_go_on(tmp_path: Path, make, message: str) -> None:
     data = tmp_path / "p"
-    data.mkdir()
+    _png(np.full((8, 8, 3), 200, np.uint8), data / "train" / "images" / "good.png")
+    _png(np.full((8, 8), 255, np.uint8), data / "train" / "masks" / "good.png")
     make(data)
-    with pytest.raises(DataError, match=message) as err:
-        stage_patches(data, "patches", tmp_path / "staged")
-    assert str(data) in str(err.value)
+    warnings: list[str] = []
+    staged = stage_patches(data, "patches", tmp_path / "staged", warn=warnings.append)
+    assert len(warnings) == 1 and message in warnings[0] and str(data) in warnings[0]
+    assert sorted(p.name for p in staged.rglob("*.tiff")) == ["good.tiff"]
+    assert list(read_encodings(staged / "train.csv")) == ["good"]
+
+
+def test_an_image_that_turns_bad_leaves_the_staged_set(tmp_path: Path) -> None:
+    data = make_nuclei_dataset(tmp_path / "nuc", n_train=2, n_test=0, size=64, seed=6)
+    staged = stage_patches(data, "dsb2018", tmp_path / "staged")
+    shutil.rmtree(data / "train" / "nuc_train001" / "masks")
+    warnings: list[str] = []
+    stage_patches(data, "dsb2018", staged, warn=warnings.append)
+    assert any("nuc_train001" in w and "without object masks" in w for w in warnings)
+    assert not (staged / "train" / "nuc_train001.tiff").exists()
+    assert list(read_encodings(staged / "train.csv")) == ["nuc_train000"]
 
 
 def test_empty_folder_says_what_layout_it_expected(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"dsb2018.*\{split\}/\{id\}/images"):
+    with pytest.raises(DataError, match=r"no usable images for data_layout dsb2018.*\{split\}/\{id\}/images"):
         find_patches(tmp_path, "dsb2018")
 
 
