@@ -13,7 +13,7 @@ per-object mask files), at full resolution:
   nucleus's pixels inside it) minus one, summed: 0 when every touching pair was split;
 * pixel Dice (the workflow's ``evaluation/dice.csv``) and the out-of-fold Dice.
 
-    .venv/bin/python bench/nuclei.py                       # ~25 min on 2 cores
+    .venv/bin/python bench/nuclei.py                       # ~40 min on 2 cores
     .venv/bin/python bench/nuclei.py --epochs 10 --n-train 12 --out /tmp/nuclei-quick
 """
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("/tmp/nuclei-bench"))
     parser.add_argument("--n-train", type=int, default=16)
     parser.add_argument("--n-test", type=int, default=8)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, help="train.epochs (default: config/nuclei.yaml's)")
     parser.add_argument("--seed", type=int, default=0, help="data set seed (training uses train.seed, 42)")
     parser.add_argument("--cores", default="2")
     parser.add_argument("--losses", nargs="+", default=list(LOSSES), choices=list(LOSSES))
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         config["data_dir"] = str(data)
         config["results_dir"] = str(workdir / "results")
         config["train"]["loss"] = LOSSES[name]
-        config["train"]["epochs"] = args.epochs
+        if args.epochs is not None:
+            config["train"]["epochs"] = args.epochs
         workdir.mkdir(parents=True, exist_ok=True)
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
