@@ -44,7 +44,7 @@ from pipeline.dataset import SAMPLE_SUBMISSION_CSV, SLIDE_ID, SLIDE_ID_RULE, SPL
 from pipeline.errors import ConfigError, DataError
 from pipeline.folds import DATASET_INFO_CSV
 from pipeline.progress import get_logger
-from pipeline.rle import encode
+from pipeline.rle import decode, encode
 
 log = get_logger(__name__)
 
@@ -301,8 +301,6 @@ def stage_patches(data_dir: str | Path, layout: str, staged: str | Path, warn: W
 
 def write_mask_png(rle: str, shape: tuple[int, int], path: str | os.PathLike[str]) -> None:
     """One predicted mask as an 8-bit PNG (0 / 255) of the image's size, written atomically."""
-    from pipeline.rle import decode
-
     if shape[0] * shape[1] > MAX_MASK_PNG_PX:
         raise DataError(path, f"a {shape[0]} x {shape[1]} px mask is a slide, not a patch: use its RLE")
     mask = decode(rle, shape, source=str(path))
