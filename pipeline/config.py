@@ -26,7 +26,7 @@ class SlidesConfig:
     """How slides are opened."""
 
     backend: str = "tifffile"  # "tifffile" (tifffile -> Zarr -> Dask) or "rasterio"
-    normalise: str = "none"  # colour normalisation: "none" or "reinhard" (per slide, reference stored with the model)
+    normalise: str = "none"  # colour normalisation: "none", "reinhard" or "macenko" (per slide, reference stored with the model)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Colour normalisation for slides from other scanners, cameras and labs (Reinhard, per slide).
+"""Colour normalisation for slides from other scanners, cameras and labs (Reinhard or Macenko, per slide).
 
 A model trained on one lab's slides sees another lab's camera as a new world: a darker,
 bluer slide can drop every probability below the threshold although its glomeruli are
@@ -15,8 +15,9 @@ Two decisions, and why:
 
 Written here rather than taken from ``torchstain``/``staintools``: those fit a target on one
 image and normalise one image at a time from that image's own statistics (per window here),
-and would add a dependency for about 40 lines of NumPy/OpenCV. Macenko (stain vectors) is
-left out until a benchmark shows Reinhard falls short.
+and would add a dependency for about 40 lines of NumPy/OpenCV. ``macenko`` (stain vectors
+and the slide's glass colour, :mod:`pipeline.macenko`) follows the same two decisions; the
+per-slide statistics hold both, so a tile store serves either method.
 """
 
 from __future__ import annotations
@@ -29,28 +30,35 @@ import cv2
 import numpy as np
 
 from pipeline.errors import ConfigError
+from pipeline.macenko import StainStats, macenko, reference_stains, stain_stats
 
-METHODS = ("none", "reinhard")
+METHODS = ("none", "reinhard", "macenko")
 MIN_PIXELS = 64  # fewer tissue pixels than this: use the whole thumbnail instead
 STD_FLOOR = 1e-3  # a flat channel (blank slide) must not blow up the division
 
 
 @dataclass(frozen=True)
 class ColourStats:
-    """Per-channel mean and standard deviation in CIELAB (L 0..100, a/b about -128..127)."""
+    """Per-channel mean and standard deviation in CIELAB (L 0..100, a/b about -128..127), and the
+    slide's Macenko stain statistics (``None`` in statistics recorded before they existed)."""
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    stain: StainStats | None = None
 
-    def as_dict(self) -> dict[str, list[float]]:
-        return {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mean": [float(v) for v in self.mean], "std": [float(v) for v in self.std]}
+        if self.stain is not None:
+            out["stain"] = self.stain.as_dict()
+        return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Sequence[float]]) -> ColourStats:
+    def from_dict(cls, d: Mapping[str, Any]) -> ColourStats:
         mean, std = tuple(float(v) for v in d["mean"]), tuple(float(v) for v in d["std"])
         if len(mean) != 3 or len(std) != 3:
             raise ValueError(f"colour statistics need 3 means and 3 stds, got {d}")
-        return cls(mean, std)  # type: ignore[arg-type]
+        stain = StainStats.from_dict(d["stain"]) if d.get("stain") else None
+        return cls(mean, std, stain)  # type: ignore[arg-type]
 
 
 def check_method(method: str) -> str:
@@ -98,16 +106,21 @@ def tissue_stats(thumbnail: np.ndarray, mask: np.ndarray | None = None) -> Colou
     if lab.shape[0] == 0:
         return ColourStats((100.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     mean, std = lab.mean(axis=0), np.maximum(lab.std(axis=0), STD_FLOOR)
-    return ColourStats(tuple(mean.tolist()), tuple(std.tolist()))  # type: ignore[arg-type]
+    return ColourStats(tuple(mean.tolist()), tuple(std.tolist()), stain_stats(thumbnail, mask))  # type: ignore[arg-type]
 
 
 def reference_stats(per_slide: Sequence[ColourStats]) -> ColourStats:
-    """The reference of a training set: mean of the slides' means and of their stds (each slide counts once)."""
+    """The reference of a training set: mean of the slides' means and of their stds (each slide counts once).
+
+    Stain statistics join only when every slide has them (stores written before Macenko do not).
+    """
     if not per_slide:
         raise ValueError("reference_stats: no slide statistics")
     mean = np.mean([s.mean for s in per_slide], axis=0)
     std = np.mean([s.std for s in per_slide], axis=0)
-    return ColourStats(tuple(mean.tolist()), tuple(std.tolist()))  # type: ignore[arg-type]
+    stains = [s.stain for s in per_slide if s.stain is not None]
+    reference = reference_stains(stains) if len(stains) == len(per_slide) else None
+    return ColourStats(tuple(mean.tolist()), tuple(std.tolist()), reference)  # type: ignore[arg-type]
 
 
 def reinhard(images: np.ndarray, source: ColourStats, target: ColourStats) -> np.ndarray:
@@ -129,6 +142,8 @@ class ColourNormaliser:
         check_method(self.method)
         if self.method != "none" and self.reference is None:
             raise ValueError(f"colour normalisation {self.method!r} needs a reference")
+        if self.method == "macenko" and self.reference is not None and self.reference.stain is None:
+            raise ValueError("colour normalisation 'macenko' needs a reference with stain statistics")
 
     @property
     def active(self) -> bool:
@@ -141,7 +156,11 @@ class ColourNormaliser:
         if slide is None:
             raise ValueError("colour normalisation needs the slide's colour statistics")
         assert self.reference is not None
-        return reinhard(images, slide, self.reference)
+        if self.method == "reinhard":
+            return reinhard(images, slide, self.reference)
+        if slide.stain is None or self.reference.stain is None:
+            raise ValueError("macenko normalisation needs the slide's stain statistics")
+        return macenko(images, slide.stain, self.reference.stain)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method}

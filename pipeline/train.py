@@ -309,6 +309,11 @@ def fit_colour(method: str, stores: dict[str, Path]) -> ColourNormaliser:
     if method == "none":
         return stain.NONE
     per_slide = [read_colour_stats(stores[s]) for s in sorted(stores)]
+    if method == "macenko":
+        for slide, stats in zip(sorted(stores), per_slide, strict=True):
+            if stats.stain is None:
+                raise DataError(stores[slide], "tile store has no stain statistics for slides.normalise: macenko "
+                                               "(written before they existed): delete it and rerun the tiles stage")
     reference = stain.reference_stats(per_slide)
     log.info("colour normalisation %s: reference LAB mean %s std %s from %d slide(s)", method,
              [round(v, 1) for v in reference.mean], [round(v, 1) for v in reference.std], len(per_slide))

@@ -1,4 +1,4 @@
-"""Colour normalisation (Reinhard, per slide): statistics, the map, and its use in training and prediction."""
+"""Colour normalisation (Reinhard, Macenko; per slide): statistics, the map, and its use in training and prediction."""
 
 from __future__ import annotations
 
@@ -46,8 +46,10 @@ def _tint(image: np.ndarray, gains=CAMERA) -> np.ndarray:
 def test_tissue_stats_ignore_glass_and_fall_back_on_a_blank_slide() -> None:
     image, mask = _tissue_image(np.random.default_rng(0))
     tissue_only = stain.tissue_stats(image[mask][None])
-    assert stain.tissue_stats(image, mask) == tissue_only
-    assert stain.tissue_stats(image) != tissue_only  # glass shifts the whole-image statistics
+    lab = stain.tissue_stats(image, mask)
+    assert (lab.mean, lab.std) == (tissue_only.mean, tissue_only.std)  # glass left out of the LAB statistics
+    assert stain.tissue_stats(image).mean != tissue_only.mean  # glass shifts the whole-image statistics
+    assert lab.stain.background == (245.0, 244.0, 246.0)  # ... and is where Macenko measures the glass colour
     blank = np.zeros_like(mask)
     assert stain.tissue_stats(image, blank) == stain.tissue_stats(image)
     with pytest.raises(ValueError, match="does not match"):
@@ -77,8 +79,10 @@ def test_normaliser_round_trips_and_none_is_the_identity() -> None:
     assert stain.NONE.apply(image, None) is image
     with pytest.raises(ValueError, match="slide's colour statistics"):
         norm.apply(image, None)
-    with pytest.raises(ConfigError, match="slides.normalise must be one of none, reinhard"):
-        stain.ColourNormaliser("macenko", ref)
+    with pytest.raises(ConfigError, match="slides.normalise must be one of none, reinhard, macenko"):
+        stain.ColourNormaliser("vahadane", ref)
+    with pytest.raises(ValueError, match="'macenko' needs a reference with stain statistics"):
+        stain.ColourNormaliser("macenko", ref)  # a reference from stores written before Macenko
     assert stain.reference_stats([ref, dataclasses.replace(ref, mean=(50.0, 0.0, 10.0))]).mean == (60.0, 10.0, 0.0)
 
 
@@ -108,6 +112,11 @@ def test_training_stores_the_reference_and_normalises_each_slide(tmp_path: Path)
 
 def test_tile_stores_without_statistics_name_the_fix(tmp_path: Path) -> None:
     index, stores = make_tile_stores(tmp_path / "tiles", n_slides=2)
+    group = zarr.open_group(str(stores["slide1"]), mode="a")
+    group.attrs["colour_stats"] = {k: v for k, v in group.attrs["colour_stats"].items() if k != "stain"}
+    assert fit_colour("reinhard", stores).reference.stain is None  # Reinhard needs no stain vectors
+    with pytest.raises(DataError, match="slide1.zarr.*no stain statistics.*rerun the tiles stage"):
+        fit_colour("macenko", stores)
     group = zarr.open_group(str(stores["slide0"]), mode="a")
     del group.attrs["colour_stats"]
     with pytest.raises(DataError, match="slide0.zarr.*no colour statistics.*rerun the tiles stage"):
@@ -138,8 +147,8 @@ def test_prediction_normalises_with_the_slides_own_statistics(tmp_path: Path) ->
     model = build_model(mcfg, load_weights=False)
     reference = stain.tissue_stats(image[::4, ::4], mask)
     maps = {}
-    for method in ("none", "reinhard"):
-        colour = stain.ColourNormaliser(method, reference if method == "reinhard" else None)
+    for method in ("none", "reinhard", "macenko"):
+        colour = stain.ColourNormaliser(method, reference if method != "none" else None)
         ckpt = tmp_path / f"{method}.pt"
         save_checkpoint(ckpt, model, config, 1, {}, extra={"colour": colour.as_dict()})
         for name, img in (("plain", image), ("camera", tinted)):
@@ -156,6 +165,9 @@ def test_prediction_normalises_with_the_slides_own_statistics(tmp_path: Path) ->
         return float(np.abs(maps[method, "plain"][:].astype(np.float32) - maps[method, "camera"][:]).mean())
 
     assert gap("reinhard") < 0.3 * gap("none"), (gap("reinhard"), gap("none"))
+    assert gap("macenko") < 0.3 * gap("none"), (gap("macenko"), gap("none"))
+    assert dict(maps["macenko", "camera"].attrs)["colour"]["slide"]["stain"]["background"] != \
+        dict(maps["macenko", "plain"].attrs)["colour"]["slide"]["stain"]["background"]  # the camera's glass, measured
 
 
 def test_ensemble_members_must_share_the_normalisation(tmp_path: Path) -> None:
