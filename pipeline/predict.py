@@ -161,6 +161,14 @@ def window_grid(
 # ---------------------------------------------------------------- accumulation
 
 
+def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """float32 ``values`` as ``dtype``; float16 through torch, whose vectorised conversion is
+    ~4x NumPy's and rounds identically (round to nearest even)."""
+    if np.dtype(dtype) == np.float16:
+        return torch.from_numpy(np.ascontiguousarray(values)).half().numpy()
+    return values.astype(dtype)
+
+
 class BandAccumulator:
     """Weighted-sum and weight-sum accumulators for one horizontal band of windows.
 
@@ -189,9 +197,10 @@ class BandAccumulator:
         if n <= 0:
             return
         w = self.weight[:n]
-        prob = np.zeros((n, self.width), np.float32)
-        np.divide(self.sum[:n], w, out=prob, where=w > 0)
-        self.out[self.top : self.top + n, :] = prob.astype(self.out.dtype)
+        if w.any():  # rows no window touched keep the store's fill value (0): nothing to write
+            prob = np.zeros((n, self.width), np.float32)
+            np.divide(self.sum[:n], w, out=prob, where=w > 0)
+            self.out[self.top : self.top + n, :] = _to_dtype(prob, self.out.dtype)
         self.rows_written += n
 
     def advance(self, row: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import cv2
 import numpy as np
 import pandas as pd
 import pytest
@@ -73,6 +74,21 @@ def test_resize_area_of_3x3_blocks_is_the_block_mean():
     mask = rng.random((9, 9)) > 0.5
     frac = resize_area(mask, 3)
     np.testing.assert_allclose(frac, mask.reshape(3, 3, 3, 3).mean(axis=(1, 3)), atol=1e-6)
+
+
+@pytest.mark.parametrize("fy, fx", [(3, 3), (5, 5), (7, 7), (3, 5), (9, 3)])
+def test_odd_factors_take_the_box_filter_and_give_the_exact_block_mean(fy, fx):
+    """The fast path for odd factors (scale 3: 1536 -> 512) equals INTER_AREA and the exact mean, bit for bit."""
+    rng = np.random.default_rng(fy * 10 + fx)
+    oh, ow = 37, 41
+    for shape in [(oh * fy, ow * fx, 3), (oh * fy, ow * fx), (oh * fy, ow * fx, 4)]:
+        img = rng.integers(0, 256, shape, dtype=np.uint8)
+        small = resize_area(img, (oh, ow))
+        total = img.reshape((oh, fy, ow, fx) + shape[2:]).astype(np.int64).sum(axis=(1, 3))
+        n = fy * fx
+        np.testing.assert_array_equal(small, ((total + n // 2) // n).astype(np.uint8))
+        np.testing.assert_array_equal(small, cv2.resize(img, (ow, oh), interpolation=cv2.INTER_AREA).reshape(small.shape))
+        assert small.flags.c_contiguous and small.flags.owndata  # no view keeping the full-res blur alive
 
 
 # ---------------------------------------------------------------- windows
