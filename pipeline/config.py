@@ -134,7 +134,7 @@ class PredictConfig:
     out_size: int = 512  # window side at the model's input, px (tiles.out_size)
     blend: str = "gaussian"  # gaussian | constant
     sigma: float = 0.125  # Gaussian sigma as a fraction of the window
-    batch_size: int = 8  # windows per forward pass
+    batch_size: int | str = 8  # windows per forward pass, or "auto": the largest the GPU holds (8 on a CPU)
     tta: tuple[str, ...] = ()  # any of "hflip", "vflip", "rot90"
     threshold: float | str = 0.5  # probability at or above which a pixel is glomerulus, or "auto": the best mean Dice on the out-of-fold whole slides
     min_object_px: int = 0  # full-resolution objects smaller than this are removed

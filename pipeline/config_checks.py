@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from pathlib import Path
 
+from pipeline.batch_size import check_setting as check_batch_size
 from pipeline.config import Config, ModelConfig, PredictConfig, TrainConfig
 from pipeline.errors import ConfigError
 
@@ -134,7 +135,7 @@ def check_config(config: Config, serving: bool = False) -> None:
     problems = _check_shrinks(config)
     if not serving:
         problems += _check_scales(config) + _check_weights_files(config)
-    checks = [lambda: check_loss_schedule(config.train)]
+    checks = [lambda: check_loss_schedule(config.train), lambda: check_batch_size(config.predict.batch_size)]
     if not serving:  # a bundle's checkpoints carry their own normalisation (checked when predicting)
         checks.append(lambda: check_input_norm_combination(config.slides.normalise, config.model.input_norm))
     if not serving:  # a predict-only run trains nothing: deep supervision plays no part

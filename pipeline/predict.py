@@ -28,7 +28,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ import zarr
 
 from pipeline import thresholds
 from pipeline.atomic import atomic_path
+from pipeline.batch_size import resolve_batch_size
 from pipeline.config_checks import check_predict_scale
 from pipeline.errors import ConfigError, DataError
 from pipeline.input_norm import InputNorm
@@ -404,6 +405,8 @@ def predict_slide(
     )
     weight = weight_map(cfg.out_size, cfg.blend, cfg.sigma)
     models = _prepare(models, device, cfg.channels_last)
+    cfg = replace(cfg, batch_size=resolve_batch_size(cfg.batch_size, models, cfg.out_size, device, cfg.amp,
+                                                     cfg.channels_last))
     stride_rows = max(1, int(round(cfg.out_size * (1.0 - cfg.overlap))))
     chunks = (min(stride_rows, map_shape[0]), min(CHUNK_COLS, map_shape[1]))
     stats = PredictStats(windows=len(grid), store_shape=map_shape, store_chunks=chunks)
@@ -416,6 +419,7 @@ def predict_slide(
         "blend": cfg.blend,
         "sigma": cfg.sigma,
         "tta": list(tta),
+        "batch_size": cfg.batch_size,
         "models": len(models),
         "origin": [int(o) for o in origin],
         "windows": len(grid),
