@@ -185,6 +185,7 @@ class BandAccumulator:
         self.band_height = int(band_height)
         self.sum = np.zeros((self.band_height, self.width), np.float32)
         self.weight = np.zeros((self.band_height, self.width), np.float32)
+        self._scratch = np.empty((self.band_height, self.band_height), np.float32)  # one window's prob * weight
         self.top = 0
         self.rows_written = 0
 
@@ -236,7 +237,8 @@ class BandAccumulator:
         pc = slice(c0 - col, c1 - col)
         wt = weight[pr, pc]
         br = slice(r0 - self.top, r1 - self.top)
-        self.sum[br, c0:c1] += prob[pr, pc] * wt
+        weighted = np.multiply(prob[pr, pc], wt, out=self._scratch[: r1 - r0, : c1 - c0])
+        self.sum[br, c0:c1] += weighted
         self.weight[br, c0:c1] += wt
 
     def finish(self) -> None:
@@ -321,9 +323,11 @@ def predict_batch(
             for name in names:
                 y = _logits(model(_tta_apply(x, name)), size)
                 p = torch.sigmoid(_tta_apply(y.float(), name, inverse=True))
-                total = p if total is None else total + p
-    assert total is not None
-    return (total[:, 0] / (len(models) * len(names))).float().cpu().numpy()
+                total = p if total is None else total.add_(p)
+        assert total is not None
+        n = len(models) * len(names)
+        mean_p = total[:, 0] if n == 1 else total[:, 0].div_(n)  # in place: a cheap model is memory-bound
+    return mean_p.float().cpu().numpy()
 
 
 def _prepare(models: Sequence[torch.nn.Module], device: torch.device, channels_last: bool) -> list[torch.nn.Module]:
