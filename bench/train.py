@@ -199,7 +199,7 @@ def demo_estimate(rows: dict[str, dict[str, float]], tiles: int, folds: int, epo
 
 def downsampled_stores(stores: dict[str, Path], size: int, out_dir: Path) -> dict[str, Path]:
     """Copies of tile stores area-reduced to ``size`` px (masks: area fraction >= 0.5), as tiles.py would."""
-    from pipeline.tiles import resize_area
+    from pipeline.resize import resize_area
 
     out = {}
     for slide, path in stores.items():

@@ -26,7 +26,7 @@ from concurrent.futures import Executor, Future
 
 import numpy as np
 
-from pipeline.tiles import resize_area
+from pipeline.resize import resize_area
 
 #: Block sides (full-res px) aim at this size: big enough that per-read overhead vanishes,
 #: small enough that blocks outside the tissue windows are not decoded.

@@ -33,14 +33,10 @@ from zarr.codecs import ZstdCodec
 
 from pipeline.atomic import atomic_path
 from pipeline.errors import ConfigError, DataError
-from pipeline.progress import get_logger, progress
 from pipeline.input_norm import IntensityStats, intensity_stats
+from pipeline.progress import get_logger, progress
+from pipeline.resize import mask_fraction
 from pipeline.stain import ColourStats, tissue_stats
-
-try:  # opencv-python-headless comes with albumentations; its INTER_AREA is ~20x numpy
-    import cv2
-except ImportError:  # pragma: no cover - numpy fallback for integer factors
-    cv2 = None
 
 if TYPE_CHECKING:
     from pipeline.config import Config, TilesConfig
@@ -198,73 +194,6 @@ def centres_from_runs(
         x = min((xs.start + xs.stop) * stride / 2, width - 1)
         out.append((int(round(y)), int(round(x))))
     return out
-
-
-# ---------------------------------------------------------------- resize
-
-
-def resize_area(image: np.ndarray, out_size: int | tuple[int, int]) -> np.ndarray:
-    """Area-averaged resize of (h, w) or (h, w, c) to ``out_size`` (square, or (oh, ow)).
-
-    Integer images come back in their dtype (rounded block means); bool and float
-    images come back as float32 means (fractions for masks). Integer factors are
-    exact block means; other factors use OpenCV's INTER_AREA (pixel-area weights).
-    """
-    oh, ow = (out_size, out_size) if isinstance(out_size, int) else out_size
-    image = np.asarray(image)
-    h, w = image.shape[:2]
-    if (h, w) == (oh, ow):
-        return image.astype(np.float32) if image.dtype == bool else image.copy()
-    if _odd_factors(image, oh, ow):
-        return _box_reduce(image, h // oh, w // ow)
-    src = image.astype(np.float32) if image.dtype == bool else image
-    if cv2 is not None and (src.ndim == 2 or src.shape[2] <= 4):
-        if src.dtype.kind == "f" and src.dtype != np.float32:
-            src = src.astype(np.float32)
-        out = cv2.resize(np.ascontiguousarray(src), (ow, oh), interpolation=cv2.INTER_AREA)
-        return out.reshape((oh, ow) + image.shape[2:])
-    if h % oh or w % ow:
-        raise ValueError(f"cannot area-resize {h} x {w} to {oh} x {ow} without OpenCV")
-    fy, fx = h // oh, w // ow
-    blocks = src.reshape((oh, fy, ow, fx) + src.shape[2:])
-    if src.dtype.kind in "ui":
-        total = blocks.sum(axis=(1, 3), dtype=np.int64)
-        n = fy * fx
-        return ((total + n // 2) // n).astype(image.dtype)
-    return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
-
-
-def _odd_factors(image: np.ndarray, oh: int, ow: int) -> bool:
-    """Whether ``image`` is uint8 and shrinks by odd integer factors (the model scale 3 of 1536 -> 512)."""
-    h, w = image.shape[:2]
-    return (cv2 is not None and image.dtype == np.uint8 and (image.ndim == 2 or image.shape[2] <= 4)
-            and oh > 0 and ow > 0 and h % oh == 0 and w % ow == 0 and (h // oh) % 2 == 1 and (w // ow) % 2 == 1)
-
-
-def _box_reduce(image: np.ndarray, fy: int, fx: int) -> np.ndarray:
-    """Rounded block means of uint8 ``image`` for odd factors: a box filter sampled at the block centres.
-
-    OpenCV's INTER_AREA has no fast path for odd factors; its separable box filter is 2-3x
-    faster, and with an odd block area (fy * fx) a mean never ends in .5, so both round alike:
-    the result is exactly INTER_AREA's (and the exact block mean), bit for bit.
-    """
-    blurred = cv2.blur(np.ascontiguousarray(image), (fx, fy), borderType=cv2.BORDER_REPLICATE)
-    return np.ascontiguousarray(blurred[fy // 2 :: fy, fx // 2 :: fx])
-
-
-def mask_fraction(mask: np.ndarray, out_size: int) -> np.ndarray:
-    """Fraction of each output pixel's block that ``mask`` (0/1, square) covers, float32.
-
-    Integer factors count the block's pixels exactly (an unnormalised box filter sampled at
-    the block origins: 3x faster than area-resizing a float copy); others area-resize.
-    """
-    side = mask.shape[0]
-    factor = side // out_size
-    if cv2 is None or side % out_size or factor * factor > np.iinfo(np.uint16).max:
-        return resize_area(mask.astype(bool), out_size)
-    counts = cv2.boxFilter(np.ascontiguousarray(mask, np.uint8), cv2.CV_16U, (factor, factor), normalize=False,
-                           borderType=cv2.BORDER_CONSTANT)
-    return counts[factor // 2 :: factor, factor // 2 :: factor].astype(np.float32) / float(factor * factor)
 
 
 # ---------------------------------------------------------------- extraction
