@@ -60,7 +60,7 @@ def cuda_fits(
     ``fraction`` of the card's memory? (Runs the models on blank windows; CUDA only.)"""
     import torch
 
-    from pipeline.predict import _autocast
+    from pipeline.inference import autocast_for
 
     total = torch.cuda.get_device_properties(device).total_memory
 
@@ -71,7 +71,7 @@ def cuda_fits(
             x = torch.zeros((n, 3, out_size, out_size), device=device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), _autocast(device, amp):
+            with torch.inference_mode(), autocast_for(device, amp):
                 for model in models:
                     model(x)
             torch.cuda.synchronize(device)

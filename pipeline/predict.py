@@ -1,17 +1,13 @@
 """Sliding-window consensus over a whole slide -> probability map at model resolution.
 
 Prediction (:func:`predict_slide`): windows of ``window`` px (1536) every
-``window * (1 - overlap)`` px over the tissue are read by a thread pool ahead of the
-model, area-resized to the model's ``out_size`` (512), and batched through every
-model of the ensemble under every test-time augmentation (sigmoid, then mean). Each
-window's probabilities are multiplied by a weight map that falls off towards the
-window border (a Gaussian as in nnU-Net / MONAI, computed once per window size) and
-added into weighted-sum and weight-sum accumulators; the consensus is their ratio
-(0 where no window counted). It lives at model resolution (``scale = window /
-out_size``) in a chunked Zarr array, and the accumulators only ever hold one band of
-windows (one window height at model resolution x the slide width): rows no later
-window can touch are flushed to the store as the grid moves down. Memory is thus
-O(width / scale * out_size), never the slide.
+``window * (1 - overlap)`` px over the tissue are cut from slide blocks decoded and reduced
+once (:mod:`pipeline.reduced`) by reader threads ahead of the model, batched through every
+model of the ensemble under every test-time augmentation (:mod:`pipeline.inference`), and
+blended by a weight map into band accumulators (:mod:`pipeline.consensus`) whose finished
+rows stream into a chunked Zarr array at model resolution (``scale = window / out_size``).
+Three threads overlap: reading, the model, and accumulation; memory is one band of windows
+across the slide, never the slide.
 
 Threshold, upsampling back to full resolution and RLE encoding of that map are
 :mod:`pipeline.encode`.
@@ -19,8 +15,6 @@ Threshold, upsampling back to full resolution and RLE encoding of that map are
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import math
 import os
 import threading
@@ -35,15 +29,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 import zarr
 
 from pipeline import thresholds
 from pipeline.atomic import atomic_path
 from pipeline.batch_size import resolve_batch_size
-from pipeline.config_checks import check_predict_scale
+from pipeline.consensus import BandAccumulator, gaussian_weight, model_scale, weight_map, window_grid
 from pipeline.errors import ConfigError, DataError
-from pipeline.input_norm import InputNorm
+from pipeline.inference import Staging, check_tta, predict_batch, prepare_models
 from pipeline.progress import get_logger, progress
 from pipeline.reduced import ReducedSlide, read_window
 
@@ -54,290 +47,11 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
-TTA_NAMES = ("hflip", "vflip", "rot90")
-BLENDS = ("gaussian", "constant")
 #: ``predict.upsample`` modes of :mod:`pipeline.encode`, also checked by :func:`predict_slide`
 #: so a bad setting fails before the prediction rather than after it.
 UPSAMPLES = ("bilinear", "nearest")
-#: Floor of the Gaussian weight (MONAI clamps its importance map likewise): border
-#: pixels covered by a single window keep that window's prediction.
-MIN_WEIGHT = 1e-3
 #: Low-res columns per chunk of the store, and per strip when encoding.
 CHUNK_COLS = 512
-
-
-# ---------------------------------------------------------------- weights and grid
-
-
-@functools.lru_cache(maxsize=8)
-def _weight_cached(size: int, blend: str, sigma: float) -> np.ndarray:
-    if blend == "constant":
-        w = np.ones((size, size), np.float32)
-    else:
-        centre = (size - 1) / 2.0  # symmetric, so flips (TTA) see the same weights
-        s = sigma * size
-        if s <= 0:
-            raise ConfigError(None, f"predict.sigma must be > 0, got {sigma}")
-        g = np.exp(-0.5 * ((np.arange(size) - centre) / s) ** 2)
-        w = np.outer(g, g)
-        w = np.maximum(w / w.max(), MIN_WEIGHT).astype(np.float32)
-    w.setflags(write=False)
-    return w
-
-
-def gaussian_weight(size: int, sigma: float) -> np.ndarray:
-    """(size, size) float32 Gaussian importance map, max 1, floored at ``MIN_WEIGHT``.
-
-    ``sigma`` is a fraction of ``size`` (nnU-Net's ``sigma_scale``: 0.125 = 1/8).
-    Cached: computed once per (size, sigma) and returned read-only.
-    """
-    return _weight_cached(int(size), "gaussian", float(sigma))
-
-
-def weight_map(size: int, blend: str = "gaussian", sigma: float = 0.125) -> np.ndarray:
-    """The blending weights of one window at model resolution: ``gaussian`` or ``constant``."""
-    if blend not in BLENDS:
-        raise ConfigError(None, f"predict.blend must be one of {', '.join(BLENDS)}, got {blend!r}")
-    return _weight_cached(int(size), blend, float(sigma))
-
-
-def model_scale(cfg: PredictConfig) -> int:
-    """Full-res pixels per model pixel (``window / out_size``); must be an integer."""
-    return check_predict_scale(cfg)
-
-
-def _axis_positions(n: int, size: int, stride: int, origin: int) -> list[int]:
-    """Window starts along one axis, in units of the grid (model pixels).
-
-    Starts fall every ``stride`` on the lattice through ``origin`` (the first one at
-    or before 0, possibly negative = padded), and the last window is aligned to the
-    far border so the whole axis is covered without extra padding.
-    """
-    if n <= size:
-        return [0]  # one window, padded past the far border
-    offset = origin % stride
-    starts = list(range(offset - stride if offset else 0, n - size, stride))
-    starts.append(n - size)
-    return starts
-
-
-def window_grid(
-    slide_shape: tuple[int, int],
-    window: int,
-    overlap: float,
-    tissue: TissueMask | None = None,
-    *,
-    scale: int = 1,
-    origin: tuple[int, int] = (0, 0),
-    min_tissue: float = 0.0,
-) -> pd.DataFrame:
-    """Windows (``y0, x0`` full-res, sorted row-major; ``tissue`` when known) covering the slide.
-
-    The stride is ``window * (1 - overlap)`` rounded to a multiple of ``scale`` so
-    every window starts on a model pixel; the last row/column is aligned to the
-    border of the model-resolution map (``ceil(H / scale) * scale``), so at most
-    ``scale - 1`` px of padding. ``origin`` (full-res px) shifts the lattice (e.g. by
-    half a stride, for the seam test); windows reaching before 0 are padded. With a
-    tissue mask, windows whose tissue fraction is not above ``min_tissue`` are dropped.
-    """
-    if not 0.0 <= overlap < 1.0:
-        raise ConfigError(None, f"predict.overlap must be in [0, 1), got {overlap}")
-    if scale <= 0 or window % scale:
-        raise ConfigError(None, f"window {window} is not a multiple of the model scale {scale}")
-    height, width = slide_shape
-    size = window // scale
-    stride = max(1, int(round(size * (1.0 - overlap))))
-    oy, ox = (int(round(o / scale)) for o in origin)
-    ys = _axis_positions(math.ceil(height / scale), size, stride, oy)
-    xs = _axis_positions(math.ceil(width / scale), size, stride, ox)
-    y0, x0 = (a.ravel() * scale for a in np.meshgrid(np.asarray(ys, np.int64), np.asarray(xs, np.int64), indexing="ij"))
-    grid = pd.DataFrame({"y0": y0.astype(np.int64), "x0": x0.astype(np.int64)})
-    if tissue is not None:
-        frac = tissue.window_fractions(y0, x0, window, window)  # padding counts as glass
-        grid["tissue"] = frac
-        grid = grid[frac > min_tissue].reset_index(drop=True)
-    return grid
-
-
-# ---------------------------------------------------------------- accumulation
-
-
-def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """float32 ``values`` as ``dtype``; float16 through torch, whose vectorised conversion is
-    ~4x NumPy's and rounds identically (round to nearest even)."""
-    if np.dtype(dtype) == np.float16:
-        return torch.from_numpy(np.ascontiguousarray(values)).half().numpy()
-    return values.astype(dtype)
-
-
-class BandAccumulator:
-    """Weighted-sum and weight-sum accumulators for one horizontal band of windows.
-
-    ``out`` is the (H/scale, W/scale) store; the band holds ``band_height`` rows (one
-    window at model resolution) starting at row ``top``. Windows must arrive in
-    row-major grid order: :meth:`advance` to a window's row flushes every row above
-    it (no later window can touch them) as ``sum / weight`` (0 where no weight).
-    """
-
-    def __init__(self, out: Any, band_height: int) -> None:
-        self.out = out
-        self.height, self.width = (int(n) for n in out.shape)
-        self.band_height = int(band_height)
-        self.sum = np.zeros((self.band_height, self.width), np.float32)
-        self.weight = np.zeros((self.band_height, self.width), np.float32)
-        self._scratch = np.empty((self.band_height, self.band_height), np.float32)  # one window's prob * weight
-        self.top = 0
-        self.rows_written = 0
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """Shape of each accumulator: (band_height, map width)."""
-        return self.sum.shape
-
-    def _flush(self, n: int) -> None:
-        n = min(n, self.band_height, self.height - self.top)
-        if n <= 0:
-            return
-        w = self.weight[:n]
-        if w.any():  # rows no window touched keep the store's fill value (0): nothing to write
-            prob = np.zeros((n, self.width), np.float32)
-            np.divide(self.sum[:n], w, out=prob, where=w > 0)
-            self.out[self.top : self.top + n, :] = _to_dtype(prob, self.out.dtype)
-        self.rows_written += n
-
-    def advance(self, row: int) -> None:
-        """Rows above ``row`` (model px) are final: write them and slide the band down."""
-        d = row - self.top
-        if d <= 0:
-            return
-        self._flush(d)
-        if d >= self.band_height:
-            self.sum.fill(0.0)
-            self.weight.fill(0.0)
-        else:
-            keep = self.band_height - d
-            self.sum[:keep] = self.sum[d:]
-            self.weight[:keep] = self.weight[d:]
-            self.sum[keep:] = 0.0
-            self.weight[keep:] = 0.0
-        self.top = row
-
-    def add(self, row: int, col: int, prob: np.ndarray, weight: np.ndarray) -> None:
-        """Add one window's ``prob * weight`` at model px (row, col); parts off the map are dropped."""
-        if row > self.top:
-            self.advance(row)
-        h, w = prob.shape
-        r0, r1 = max(row, 0), min(row + h, self.height)
-        c0, c1 = max(col, 0), min(col + w, self.width)
-        if r0 >= r1 or c0 >= c1:
-            return
-        if r1 - self.top > self.band_height or r0 < self.top:
-            raise RuntimeError(f"window at row {row} outside the band [{self.top}, {self.top + self.band_height})")
-        pr = slice(r0 - row, r1 - row)
-        pc = slice(c0 - col, c1 - col)
-        wt = weight[pr, pc]
-        br = slice(r0 - self.top, r1 - self.top)
-        weighted = np.multiply(prob[pr, pc], wt, out=self._scratch[: r1 - r0, : c1 - c0])
-        self.sum[br, c0:c1] += weighted
-        self.weight[br, c0:c1] += wt
-
-    def finish(self) -> None:
-        """Flush everything still in the band."""
-        self.advance(self.height)
-
-
-# ---------------------------------------------------------------- model side
-
-
-def _check_tta(names: Sequence[str]) -> list[str]:
-    bad = [n for n in names if n not in TTA_NAMES]
-    if bad:
-        raise ConfigError(None, f"predict.tta: unknown transform(s) {', '.join(bad)}; use {', '.join(TTA_NAMES)}")
-    return ["identity", *dict.fromkeys(names)]
-
-
-def _tta_apply(x: torch.Tensor, name: str, inverse: bool = False) -> torch.Tensor:
-    if name == "hflip":
-        return torch.flip(x, dims=(3,))
-    if name == "vflip":
-        return torch.flip(x, dims=(2,))
-    if name == "rot90":
-        return torch.rot90(x, k=-1 if inverse else 1, dims=(2, 3))
-    return x
-
-
-def _logits(y: Any, size: tuple[int, int]) -> torch.Tensor:
-    """The first output channel as (N, 1, h, w) logits at the input size."""
-    if isinstance(y, dict):
-        y = next(iter(y.values()))
-    if isinstance(y, (tuple, list)):
-        y = y[0]
-    if y.ndim == 3:
-        y = y[:, None]
-    y = y[:, :1]
-    if tuple(y.shape[-2:]) != tuple(size):
-        y = F.interpolate(y.float(), size=size, mode="bilinear", align_corners=False)
-    return y
-
-
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if device.type != "cuda" or not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast(device_type="cuda", dtype=dtype)
-
-
-def predict_batch(
-    models: Sequence[torch.nn.Module],
-    images: np.ndarray,
-    mean: Sequence[float],
-    std: Sequence[float],
-    device: torch.device,
-    tta: Sequence[str] = (),
-    amp: bool = True,
-    channels_last: bool = True,
-    input_norm: InputNorm | None = None,
-) -> np.ndarray:
-    """(N, h, w, 3) uint8 windows -> (N, h, w) float32 probabilities.
-
-    Mean of ``sigmoid(model(t(x)))`` mapped back by ``t^-1``, over every model and
-    every TTA transform (identity included): ensembles average in probability space.
-    ``input_norm``: images without a slide (patches), each normalised with its own
-    statistics (:meth:`InputNorm.model_input`); windows of a slide get the slide's map
-    from :func:`pipeline.slide_inputs.slide_input_norm` instead (``mean``/``std`` and the window map).
-    """
-    from pipeline.augment import to_tensor
-
-    names = _check_tta(tta)
-    if input_norm is not None and input_norm.active:
-        x = input_norm.model_input(np.asarray(images), None, mean, std, device)
-    else:
-        x = to_tensor(images, mean, std, device)  # uint8 moved first, normalised on the device
-    cuda = device.type == "cuda"
-    if cuda and channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    size = tuple(x.shape[-2:])
-    total: torch.Tensor | None = None
-    with torch.inference_mode(), _autocast(device, amp):
-        for model in models:
-            for name in names:
-                y = _logits(model(_tta_apply(x, name)), size)
-                p = torch.sigmoid(_tta_apply(y.float(), name, inverse=True))
-                total = p if total is None else total.add_(p)
-        assert total is not None
-        n = len(models) * len(names)
-        mean_p = total[:, 0] if n == 1 else total[:, 0].div_(n)  # in place: a cheap model is memory-bound
-    return mean_p.float().cpu().numpy()
-
-
-def _prepare(models: Sequence[torch.nn.Module], device: torch.device, channels_last: bool) -> list[torch.nn.Module]:
-    out = []
-    for m in models:
-        m = m.to(device).eval()
-        if device.type == "cuda" and channels_last:
-            m = m.to(memory_format=torch.channels_last)
-        out.append(m)
-    return out
 
 
 # ---------------------------------------------------------------- reading
@@ -399,7 +113,7 @@ def predict_slide(
         raise ConfigError(None, "predict: no model given")
     device = torch.device(device)
     scale = model_scale(cfg)
-    tta = _check_tta(cfg.tta)[1:]
+    tta = check_tta(cfg.tta)[1:]
     if cfg.upsample not in UPSAMPLES:
         raise ConfigError(None, f"predict.upsample must be one of {', '.join(UPSAMPLES)}, got {cfg.upsample!r}")
     height, width = (int(n) for n in reader.shape)
@@ -408,7 +122,7 @@ def predict_slide(
         (height, width), cfg.window, cfg.overlap, tissue if cfg.tissue_only else None, scale=scale, origin=origin
     )
     weight = weight_map(cfg.out_size, cfg.blend, cfg.sigma)
-    models = _prepare(models, device, cfg.channels_last)
+    models = prepare_models(models, device, cfg.channels_last)
     cfg = replace(cfg, batch_size=resolve_batch_size(cfg.batch_size, models, cfg.out_size, device, cfg.amp,
                                                      cfg.channels_last))
     stride_rows = max(1, int(round(cfg.out_size * (1.0 - cfg.overlap))))
@@ -461,27 +175,6 @@ def predict_slide(
     return stats
 
 
-class _Staging:
-    """Where a batch of windows is stacked: plain NumPy on CPU; on CUDA a pinned host buffer,
-    so the copy to the device is asynchronous (``non_blocking``) and no pageable bounce
-    buffer is filled per batch. Two buffers alternate; :func:`predict_batch` ends with a
-    device sync (``.cpu()``), so a buffer is free again when its turn comes."""
-
-    def __init__(self, batch_size: int, size: int, device: torch.device) -> None:
-        self.buffers: list[torch.Tensor] = []
-        if device.type == "cuda":
-            self.buffers = [torch.empty((batch_size, size, size, 3), dtype=torch.uint8).pin_memory() for _ in range(2)]
-        self.turn = 0
-
-    def stack(self, windows: list[np.ndarray]) -> np.ndarray | torch.Tensor:
-        if not self.buffers:
-            return np.stack(windows)
-        buf = self.buffers[self.turn][: len(windows)]
-        self.turn = 1 - self.turn
-        np.stack(windows, out=buf.numpy())
-        return buf
-
-
 def _run_windows(
     reader: SlideReader,
     models: Sequence[torch.nn.Module],
@@ -532,7 +225,7 @@ def _run_windows(
     loader = ThreadPoolExecutor(max_workers=max(1, cfg.workers), thread_name_prefix="predict-read")
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="predict-accumulate")
     blocks = ReducedSlide(reader, scale, loader, transform=normalise) if decode_once else None
-    staging = _Staging(bs, cfg.out_size, device)
+    staging = Staging(bs, cfg.out_size, device)
     try:
         queue: deque[tuple[np.ndarray, list[Callable[[], np.ndarray]]]] = deque()
         todo: Iterator[np.ndarray] = iter(batches)

@@ -20,6 +20,7 @@ import zarr
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import consensus
 from pipeline import predict as P
 from pipeline.config import Config, PredictConfig
 from pipeline.encode import encode_prediction, run_encode
@@ -150,10 +151,10 @@ def test_gaussian_weight_is_cached_symmetric_and_floored():
     assert w.shape == (OUT, OUT) and w.dtype == np.float32
     np.testing.assert_allclose(w, w[::-1], rtol=0, atol=0)
     np.testing.assert_allclose(w, w.T, rtol=0, atol=0)
-    assert w.max() == pytest.approx(1.0, abs=1e-3) and w.min() == pytest.approx(P.MIN_WEIGHT)
+    assert w.max() == pytest.approx(1.0, abs=1e-3) and w.min() == pytest.approx(consensus.MIN_WEIGHT)
     # nnU-Net / MONAI shape: a separable Gaussian of sigma = 0.125 * size, max 1
     g = np.exp(-0.5 * ((np.arange(OUT) - (OUT - 1) / 2) / (0.125 * OUT)) ** 2)
-    np.testing.assert_allclose(w, np.maximum(np.outer(g, g) / g.max() ** 2, P.MIN_WEIGHT), rtol=1e-5)
+    np.testing.assert_allclose(w, np.maximum(np.outer(g, g) / g.max() ** 2, consensus.MIN_WEIGHT), rtol=1e-5)
     assert (P.weight_map(OUT, "constant") == 1).all()
     with pytest.raises(ConfigError):
         P.weight_map(OUT, "cosine")
@@ -231,7 +232,7 @@ def test_band_accumulator_equals_full_accumulation(dtype):
 def test_float16_conversion_rounds_as_numpy_does():
     values = np.random.default_rng(1).random((64, 300)).astype(np.float32)
     values[0, :4] = (0.0, 1.0, 6.1e-5, 0.99951172)  # zero, one, a subnormal, a tie
-    got = P._to_dtype(values, np.dtype("float16"))
+    got = consensus._to_dtype(values, np.dtype("float16"))
     assert got.dtype == np.float16
     np.testing.assert_array_equal(got, values.astype(np.float16))
 

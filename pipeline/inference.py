@@ -1,0 +1,137 @@
+"""The model side of prediction: batches of uint8 windows in, mean probabilities out.
+
+Every model of the ensemble runs under every test-time augmentation (identity first), each
+output is mapped back by the inverse transform, and the sigmoids are averaged: ensembles and
+TTA average in probability space. On CUDA the models run under autocast and channels-last,
+and batches are staged in pinned host memory so the copy to the device does not block.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.errors import ConfigError
+from pipeline.input_norm import InputNorm
+
+TTA_NAMES = ("hflip", "vflip", "rot90")
+
+
+def check_tta(names: Sequence[str]) -> list[str]:
+    bad = [n for n in names if n not in TTA_NAMES]
+    if bad:
+        raise ConfigError(None, f"predict.tta: unknown transform(s) {', '.join(bad)}; use {', '.join(TTA_NAMES)}")
+    return ["identity", *dict.fromkeys(names)]
+
+
+def tta_apply(x: torch.Tensor, name: str, inverse: bool = False) -> torch.Tensor:
+    if name == "hflip":
+        return torch.flip(x, dims=(3,))
+    if name == "vflip":
+        return torch.flip(x, dims=(2,))
+    if name == "rot90":
+        return torch.rot90(x, k=-1 if inverse else 1, dims=(2, 3))
+    return x
+
+
+def first_logits(y: Any, size: tuple[int, int]) -> torch.Tensor:
+    """The first output channel as (N, 1, h, w) logits at the input size."""
+    if isinstance(y, dict):
+        y = next(iter(y.values()))
+    if isinstance(y, (tuple, list)):
+        y = y[0]
+    if y.ndim == 3:
+        y = y[:, None]
+    y = y[:, :1]
+    if tuple(y.shape[-2:]) != tuple(size):
+        y = F.interpolate(y.float(), size=size, mode="bilinear", align_corners=False)
+    return y
+
+
+def autocast_for(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    if device.type != "cuda" or not enabled:
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def predict_batch(
+    models: Sequence[torch.nn.Module],
+    images: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    tta: Sequence[str] = (),
+    amp: bool = True,
+    channels_last: bool = True,
+    input_norm: InputNorm | None = None,
+) -> np.ndarray:
+    """(N, h, w, 3) uint8 windows -> (N, h, w) float32 probabilities.
+
+    Mean of ``sigmoid(model(t(x)))`` mapped back by ``t^-1``, over every model and
+    every TTA transform (identity included): ensembles average in probability space.
+    ``input_norm``: images without a slide (patches), each normalised with its own
+    statistics (:meth:`InputNorm.model_input`); windows of a slide get the slide's map
+    from :func:`pipeline.slide_inputs.slide_input_norm` instead (``mean``/``std`` and the window map).
+    """
+    from pipeline.augment import to_tensor
+
+    names = check_tta(tta)
+    if input_norm is not None and input_norm.active:
+        x = input_norm.model_input(np.asarray(images), None, mean, std, device)
+    else:
+        x = to_tensor(images, mean, std, device)  # uint8 moved first, normalised on the device
+    cuda = device.type == "cuda"
+    if cuda and channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    size = tuple(x.shape[-2:])
+    total: torch.Tensor | None = None
+    with torch.inference_mode(), autocast_for(device, amp):
+        for model in models:
+            for name in names:
+                y = first_logits(model(tta_apply(x, name)), size)
+                p = torch.sigmoid(tta_apply(y.float(), name, inverse=True))
+                total = p if total is None else total.add_(p)
+        assert total is not None
+        n = len(models) * len(names)
+        mean_p = total[:, 0] if n == 1 else total[:, 0].div_(n)  # in place: a cheap model is memory-bound
+    return mean_p.float().cpu().numpy()
+
+
+def prepare_models(models: Sequence[torch.nn.Module], device: torch.device, channels_last: bool) -> list[torch.nn.Module]:
+    out = []
+    for m in models:
+        m = m.to(device).eval()
+        if device.type == "cuda" and channels_last:
+            m = m.to(memory_format=torch.channels_last)
+        out.append(m)
+    return out
+
+
+class Staging:
+    """Where a batch of windows is stacked: plain NumPy on CPU; on CUDA a pinned host buffer,
+    so the copy to the device is asynchronous (``non_blocking``) and no pageable bounce
+    buffer is filled per batch. Two buffers alternate; :func:`predict_batch` ends with a
+    device sync (``.cpu()``), so a buffer is free again when its turn comes."""
+
+    def __init__(self, batch_size: int, size: int, device: torch.device) -> None:
+        self.buffers: list[torch.Tensor] = []
+        if device.type == "cuda":
+            self.buffers = [torch.empty((batch_size, size, size, 3), dtype=torch.uint8).pin_memory() for _ in range(2)]
+        self.turn = 0
+
+    def stack(self, windows: list[np.ndarray]) -> np.ndarray | torch.Tensor:
+        if not self.buffers:
+            return np.stack(windows)
+        buf = self.buffers[self.turn][: len(windows)]
+        self.turn = 1 - self.turn
+        np.stack(windows, out=buf.numpy())
+        return buf
+
+
+__all__ = ["TTA_NAMES", "Staging", "autocast_for", "check_tta", "first_logits", "predict_batch", "prepare_models", "tta_apply"]
