@@ -3,7 +3,7 @@
 Measured in the same run, on a synthetic Zarr tile store written like
 ``pipeline/tiles.py`` writes them (zstd, one tile per chunk):
 
-* ``loading only``: the real :class:`pipeline.train.TileDataset` + DataLoader
+* ``loading only``: the real :class:`pipeline.tile_dataset.TileDataset` + DataLoader
   (Zarr reads, albumentations augmentation, collation), no model;
 * ``model step alone`` (**baseline**): the same batches pre-loaded in memory,
   :func:`pipeline.train.train_step` (normalise on the device, forward, loss,
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import sys
 import tempfile
@@ -50,14 +49,8 @@ from pipeline.augment import build_augment  # noqa: E402
 from pipeline.config import Config, load_config  # noqa: E402
 from pipeline.losses import build_loss  # noqa: E402
 from pipeline.models import build_model, select_device  # noqa: E402
-from pipeline.train import (  # noqa: E402
-    EpochSampler,
-    TileDataset,
-    _Runner,
-    make_loader,
-    train_fold,
-    train_step,
-)
+from pipeline.tile_dataset import EpochSampler, TileDataset, make_loader  # noqa: E402
+from pipeline.train import _Runner, train_fold, train_step  # noqa: E402
 
 DEMO_CANDIDATES = [  # (arch, encoder, tile px)
     ("Unet", "resnet18", 256),

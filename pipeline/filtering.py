@@ -28,7 +28,8 @@ from pipeline.input_norm import InputNorm
 from pipeline.models import load_model, select_device
 from pipeline.progress import get_logger, progress
 from pipeline.stain import NONE, ColourNormaliser
-from pipeline.train import TileDataset, _Runner, fit, make_loader, with_epochs
+from pipeline.tile_dataset import TileDataset, make_loader
+from pipeline.train import _Runner, fit, with_epochs
 
 log = get_logger(__name__)
 

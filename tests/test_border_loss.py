@@ -26,7 +26,8 @@ from pipeline.losses import (
     class_balance_weights,
     needs_border_weights,
 )
-from pipeline.train import TileDataset, train_fold
+from pipeline.tile_dataset import TileDataset
+from pipeline.train import train_fold
 from tests.test_config import SCHEMA
 from tests.test_train import small_config
 from tests.tile_stores import make_tile_stores

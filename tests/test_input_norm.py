@@ -29,7 +29,8 @@ from pipeline.models import build_model, read_checkpoint, save_checkpoint
 from pipeline.reduced import read_window
 from pipeline.slides import open_slide
 from pipeline.tissue import TissueMask, load_tissue, save_tissue
-from pipeline.train import TileDataset, _Runner, fit
+from pipeline.tile_dataset import TileDataset
+from pipeline.train import _Runner, fit
 from tests.test_reduced import SmallNet
 from tests.tile_stores import ENCODER, make_tile_stores
 

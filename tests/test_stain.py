@@ -19,7 +19,8 @@ from pipeline.models import build_model, read_checkpoint, save_checkpoint
 from pipeline.predict import run_predict
 from pipeline.tiles import read_colour_stats
 from pipeline.tissue import TissueMask, save_tissue
-from pipeline.train import TileDataset, fit, fit_colour
+from pipeline.tile_dataset import TileDataset
+from pipeline.train import fit, fit_colour
 from tests.tile_stores import ENCODER, make_tile_stores
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

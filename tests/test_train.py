@@ -20,12 +20,11 @@ from pipeline.config import AugmentConfig, Config, load_config
 from pipeline.errors import ConfigError, DataError
 from pipeline.folds import assign_folds
 from pipeline.models import build_model, load_model
+from pipeline.tile_dataset import TileDataset, make_loader
 from pipeline.train import (
     METRIC_COLUMNS,
-    TileDataset,
     _Runner,
     evaluate,
-    make_loader,
     train_fold,
     train_one_epoch,
 )
