@@ -20,7 +20,7 @@ tissue-stage thumbnail (where Reinhard's per-slide statistics come from,
 :mod:`pipeline.stain`), and applied to every tile and window of it: the invert decision
 from the mean of the whole thumbnail; the per_image statistics from the thumbnail's tissue
 (inside the tissue mask, the whole thumbnail when it holds fewer than
-:data:`pipeline.stain.MIN_PIXELS` tissue pixels), because the model only ever sees windows
+:data:`pipeline.tissue.MIN_PIXELS` tissue pixels), because the model only ever sees windows
 over tissue and a slide's share of glass must not change how its tissue is scaled. Tile
 stores record these statistics (``input_stats`` in their attrs, :mod:`pipeline.tiles`), so
 training, the first pass and prediction apply the same map to a slide. Images without a
@@ -54,7 +54,7 @@ import numpy as np
 
 from pipeline.config_checks import check_input_norm_combination as check_combination
 from pipeline.errors import ConfigError
-from pipeline.stain import tissue_rows
+from pipeline.tissue import tissue_rows
 
 if TYPE_CHECKING:
     import torch

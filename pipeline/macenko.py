@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.tissue import MIN_PIXELS, tissue_rows
+
 OD_MIN = 0.15  # Macenko's beta: pixels with a smaller OD in any channel are (nearly) transparent
 ANGLE_PERCENTILE = 1.0  # Macenko's alpha: robust extremes of the stain angles
 CONC_PERCENTILE = 99.0
-MIN_PIXELS = 64
 DARK = 40  # glass estimate ignores pixels whose brightest channel is below this (black slide padding)
 #: Macenko's reference H&E vectors (rows, unit OD), for a slide with too little stain to fit its own.
 DEFAULT_STAINS = ((0.5626, 0.7201, 0.4062), (0.2159, 0.8012, 0.5581))
@@ -111,9 +112,8 @@ def stain_stats(thumbnail: np.ndarray, tissue: np.ndarray | None = None) -> Stai
     used, so the map stays defined.
     """
     background = glass_colour(thumbnail, tissue)
-    od = optical_density(thumbnail, background).reshape(-1, 3).astype(np.float64)
-    if tissue is not None and int(np.asarray(tissue, bool).sum()) >= MIN_PIXELS:
-        od = od[np.asarray(tissue, bool).reshape(-1)]
+    od = tissue_rows(optical_density(thumbnail, background).reshape(-1, 3).astype(np.float64), tissue,
+                     thumbnail.shape[:2])
     od = od[(od >= OD_MIN).all(axis=1)]
     stains = fit_stains(od) if od.shape[0] >= MIN_PIXELS else np.asarray(DEFAULT_STAINS)
     conc = concentrations(od, stains) if od.shape[0] else np.ones((1, 2))

@@ -69,7 +69,8 @@ def mask_fraction(mask: np.ndarray, out_size: int) -> np.ndarray:
     """Fraction of each output pixel's block that ``mask`` (0/1, square) covers, float32.
 
     Integer factors count the block's pixels exactly (an unnormalised box filter sampled at
-    the block origins: 3x faster than area-resizing a float copy); others area-resize.
+    the block centres, as :func:`_box_reduce` does: 3x faster than area-resizing a float copy);
+    others area-resize.
     """
     side = mask.shape[0]
     factor = side // out_size

@@ -31,9 +31,9 @@ import numpy as np
 
 from pipeline.errors import ConfigError
 from pipeline.macenko import StainStats, macenko, reference_stains, stain_stats
+from pipeline.tissue import tissue_rows
 
 METHODS = ("none", "reinhard", "macenko")
-MIN_PIXELS = 64  # fewer tissue pixels than this: use the whole thumbnail instead
 STD_FLOOR = 1e-3  # a flat channel (blank slide) must not blow up the division
 
 
@@ -82,24 +82,10 @@ def from_lab(lab: np.ndarray) -> np.ndarray:
     return np.clip(rgb * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
-def tissue_rows(pixels: np.ndarray, mask: np.ndarray | None, image_shape: tuple[int, ...]) -> np.ndarray:
-    """The rows of ``pixels`` (one per image pixel) inside the tissue ``mask``, or all of them.
-
-    All of them without a mask, or when it holds fewer than :data:`MIN_PIXELS` pixels (a
-    blank slide), so that per-slide statistics stay defined.
-    """
-    if mask is None:
-        return pixels
-    keep = np.asarray(mask, bool).reshape(-1)
-    if keep.shape[0] != pixels.shape[0]:
-        raise ValueError(f"tissue mask of {np.shape(mask)} does not match image {tuple(image_shape)}")
-    return pixels[keep] if int(keep.sum()) >= MIN_PIXELS else pixels
-
-
 def tissue_stats(thumbnail: np.ndarray, mask: np.ndarray | None = None) -> ColourStats:
     """Colour statistics of a slide's tissue (``mask`` True) in its low-res ``thumbnail``.
 
-    With fewer than :data:`MIN_PIXELS` tissue pixels (a blank slide) the whole thumbnail
+    With fewer than :data:`pipeline.tissue.MIN_PIXELS` tissue pixels (a blank slide) the whole thumbnail
     is used, so the map stays defined; the tissue stage has already warned about it.
     """
     lab = tissue_rows(to_lab(thumbnail).reshape(-1, 3).astype(np.float64), mask, thumbnail.shape[:2])
@@ -158,8 +144,9 @@ class ColourNormaliser:
         assert self.reference is not None
         if self.method == "reinhard":
             return reinhard(images, slide, self.reference)
-        if slide.stain is None or self.reference.stain is None:
+        if slide.stain is None:
             raise ValueError("macenko normalisation needs the slide's stain statistics")
+        assert self.reference.stain is not None  # __post_init__ refuses a Macenko reference without them
         return macenko(images, slide.stain, self.reference.stain)
 
     def as_dict(self) -> dict[str, Any]:
@@ -188,7 +175,6 @@ __all__ = [
     "from_lab",
     "reference_stats",
     "reinhard",
-    "tissue_rows",
     "tissue_stats",
     "to_lab",
 ]

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 
+MIN_PIXELS = 64  # fewer tissue pixels than this: per-slide statistics use the whole thumbnail
 HIST_BINS = 256
 GREY_SATURATION = 0.02  # 99 % of a thumbnail below this: a greyscale slide (JPEG noise aside)
 
@@ -264,3 +265,17 @@ def run_tissue(slide_path, mask_png, thumbnail_png, config: Config, whole_image:
     with open_slide(slide_path, backend=config.slides.backend) as reader:
         tissue = detect_tissue(reader, config.tissue, whole_image)
     save_tissue(tissue, mask_png, thumbnail_png)
+
+
+def tissue_rows(pixels: np.ndarray, mask: np.ndarray | None, image_shape: tuple[int, ...]) -> np.ndarray:
+    """The rows of ``pixels`` (one per image pixel) inside the tissue ``mask``, or all of them.
+
+    All of them without a mask, or when it holds fewer than :data:`MIN_PIXELS` pixels (a
+    blank slide), so that per-slide statistics stay defined.
+    """
+    if mask is None:
+        return pixels
+    keep = np.asarray(mask, bool).reshape(-1)
+    if keep.shape[0] != pixels.shape[0]:
+        raise ValueError(f"tissue mask of {np.shape(mask)} does not match image {tuple(image_shape)}")
+    return pixels[keep] if int(keep.sum()) >= MIN_PIXELS else pixels

@@ -30,6 +30,14 @@ def _slide(rng: np.random.Generator, stains=STAINS, glass=(245.0, 245.0, 245.0),
     return _render(conc, stains, glass), mask
 
 
+def _render_like(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
+    """The same kind of tissue with a bluer haematoxylin, a denser stain and a grey-blue camera glass."""
+    bluer_h = np.array([0.75, 0.60, 0.28])
+    stains = np.stack([bluer_h / np.linalg.norm(bluer_h), STAINS[1]])
+    image, _ = _slide(rng, stains=stains, glass=(170.0, 180.0, 215.0), density=1.4)
+    return image
+
+
 def test_stain_vectors_and_glass_are_recovered() -> None:
     image, mask = _slide(np.random.default_rng(0))
     stats = macenko.stain_stats(image, mask)
@@ -54,14 +62,6 @@ def test_another_labs_glass_and_stain_map_back() -> None:
     after = np.abs(tissue_mean - image[mask].mean(axis=0)).max()
     assert before > 40 and after < 0.2 * before, (before, after)
     np.testing.assert_allclose(restored[~mask].mean(axis=0), reference.background, atol=2.0)  # glass back to glass
-
-
-def _render_like(rng: np.random.Generator, mask: np.ndarray) -> np.ndarray:
-    """The same kind of tissue with a bluer haematoxylin, a denser stain and a grey-blue camera glass."""
-    bluer_h = np.array([0.75, 0.60, 0.28])
-    stains = np.stack([bluer_h / np.linalg.norm(bluer_h), STAINS[1]])
-    image, _ = _slide(rng, stains=stains, glass=(170.0, 180.0, 215.0), density=1.4)
-    return image
 
 
 def test_the_map_is_the_identity_onto_the_slides_own_stats() -> None:
