@@ -502,3 +502,26 @@ def test_corrupt_tile_fails_on_read_naming_file_and_tile(tmp_path: Path, backend
         with pytest.raises(SlideError, match="corrupt.tif"):
             for _ in slide.iter_bands():
                 pass
+
+
+def test_missing_tile_reads_as_zero_in_windows_bands_and_dask(tmp_path: Path) -> None:
+    """A tile with no bytes (sparse TIFF) reads as 0 by every path: the direct tile
+    decoder that windows and bands use agrees with the Zarr store behind ``to_dask``."""
+    path = tmp_path / "sparse.tif"
+    tifffile.imwrite(path, IMG, photometric="rgb", tile=(T, T), compression="zlib")
+    data = bytearray(path.read_bytes())
+    with tifffile.TiffFile(path) as tf:
+        for name in ("TileOffsets", "TileByteCounts"):  # tile 5 (row 1, col 1): offset and size 0
+            tag = tf.pages[0].tags[name]
+            assert len(tag.value) == 12  # 3 x 4 tiles of 256 px
+            itemsize = {3: 2, 4: 4, 16: 8}[int(tag.dtype)]  # SHORT, LONG, LONG8
+            data[tag.valueoffset + 5 * itemsize : tag.valueoffset + 6 * itemsize] = bytes(itemsize)
+    path.write_bytes(bytes(data))
+    expected = IMG.copy()
+    expected[T : 2 * T, T : 2 * T] = 0
+    with open_slide(path, "tifffile") as slide:
+        np.testing.assert_array_equal(slide.read(0, 0, H, W), expected)
+        np.testing.assert_array_equal(slide.read(T - 7, T + 3, 300, 100), expected[T - 7 : T + 293, T + 3 : T + 103])
+        np.testing.assert_array_equal(np.concatenate([b for _, b in slide.iter_bands()]), expected)
+        with dask.config.set(scheduler="threads", num_workers=2):
+            np.testing.assert_array_equal(slide.to_dask().compute(), expected)

@@ -1,4 +1,4 @@
-"""The tifffile backend: tifffile -> Zarr store -> windows / Dask (:class:`TiffSlide`)."""
+"""The tifffile backend: tifffile -> Zarr store -> Dask; windows and bands decoded tile by tile (:class:`TiffSlide`)."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class _TiffPart:
 
 
 class TiffSlide(SlideReader):
-    """tifffile backend: tifffile -> Zarr store -> windows / Dask; direct tile decoding for bands."""
+    """tifffile backend: tifffile -> Zarr store -> Dask; direct tile decoding for windows and bands (Zarr where a layout has no segments)."""
 
     backend = "tifffile"
 
@@ -253,8 +253,25 @@ class TiffSlide(SlideReader):
 
     # reading ----------------------------------------------------------------------------
     def _read_raw(self, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
-        parts = [p.read(y0, x0, h, w) for p in self._levels[level]]
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+        parts = self._levels[level]
+        if all(p.segments for p in parts):
+            return self._decode_window(parts, y0, x0, h, w)
+        arrays = [p.read(y0, x0, h, w) for p in parts]
+        return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=2)
+
+    def _decode_window(self, parts: list[_TiffPart], y0: int, x0: int, h: int, w: int) -> np.ndarray:
+        """The window's tiles decoded straight into one array, as bands are.
+
+        Why: the same pixels as the Zarr store gives (tifffile's own decode function, a
+        missing tile reads as 0, Zarr's fill value), without Zarr's per-read asyncio
+        machinery, which cost prediction's block reads more than a third of their time.
+        """
+        out = np.zeros((h, w, sum(p.channels for p in parts)), parts[0].zarr.dtype)
+        for seg, chan0 in self._channel_offsets(parts):
+            for data, index in seg.read(seg.indices(y0, h, x0, w)):
+                if data is not None:
+                    seg.place(out, y0, x0, chan0, data, index)
+        return out
 
     def _segment_rows(self, level: int) -> int:
         p = self._levels[level][0]
