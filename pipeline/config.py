@@ -107,7 +107,7 @@ class TrainConfig:
     seed: int = 42  # fixes folds, sampling, augmentation and initialisation
     num_workers: int = 0  # data-loader workers; 0 on small CPUs, more on GPU nodes
     amp: bool = True  # mixed precision on CUDA (bf16 when supported, else fp16)
-    channels_last: bool = True  # on CUDA
+    channels_last: bool = True  # channels-last memory on every device (faster on CUDA and, for EfficientNet-style encoders, on the CPU)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     max_tiles_per_epoch: int | None = None  # random subset of the training tiles per epoch
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -144,7 +144,7 @@ class PredictConfig:
     prefetch: int = 2  # windows batches read ahead of the model
     workers: int = 2  # threads decoding and reducing slide blocks (each decoded once) ahead of the model; ~1 per core
     amp: bool = True  # mixed precision on CUDA (bf16 when supported, else fp16)
-    channels_last: bool = True  # on CUDA
+    channels_last: bool = True  # channels-last memory on every device (faster on CUDA and, for EfficientNet-style encoders, on the CPU)
     upsample: str = "bilinear"  # low-res map -> full-res mask when encoding: bilinear | nearest
 
 

@@ -85,10 +85,9 @@ def predict_batch(
     if input_norm is not None and input_norm.active:
         x = input_norm.model_input(np.asarray(images), None, mean, std, device)
     else:
-        x = to_tensor(images, mean, std, device)  # uint8 moved first, normalised on the device
-    cuda = device.type == "cuda"
-    if cuda and channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+        x = to_tensor(images, mean, std, device, channels_last)  # uint8 moved first, normalised on the device
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)  # a no-op unless input_norm made it
     size = tuple(x.shape[-2:])
     total: torch.Tensor | None = None
     with torch.inference_mode(), autocast_for(device, amp):
@@ -107,7 +106,7 @@ def prepare_models(models: Sequence[torch.nn.Module], device: torch.device, chan
     out = []
     for m in models:
         m = m.to(device).eval()
-        if device.type == "cuda" and channels_last:
+        if channels_last:  # CUDA, and the CPU: 1.2-1.6x faster for EfficientNet-Lite U-Nets (README)
             m = m.to(memory_format=torch.channels_last)
         out.append(m)
     return out

@@ -185,18 +185,17 @@ class _Runner:
         self.device = device
         self.mean, self.std = config.model.mean, config.model.std
         self.amp_dtype = _amp_dtype(device, config.train.amp)
-        self.channels_last = device.type == "cuda" and config.train.channels_last
+        self.channels_last = config.train.channels_last  # CUDA and CPU alike (README: speed per device)
         self.model = model.to(device)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
 
     def batch(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.dtype == torch.uint8:
-            x = to_tensor(images, self.mean, self.std, device=self.device)
+            x = to_tensor(images, self.mean, self.std, device=self.device, channels_last=self.channels_last)
         else:  # float: standardised by the dataset (model.input_norm: per_image), NHWC -> NCHW only
-            x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+            memory = torch.channels_last if self.channels_last else torch.contiguous_format
+            x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).contiguous(memory_format=memory)
         y = masks.to(self.device, non_blocking=True).unsqueeze(1)
         return x, y
 

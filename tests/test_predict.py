@@ -287,6 +287,36 @@ def test_tta_maps_predictions_back(tmp_path):
     np.testing.assert_allclose(a, b, atol=2e-3)
 
 
+class LayoutRecordingNet(nn.Module):
+    """A small conv net that records whether each input arrived in channels-last memory."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 3, padding=1))
+        self.layouts: list[bool] = []
+
+    def forward(self, x):
+        self.layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("tta", [(), ("hflip", "rot90")])
+def test_channels_last_on_the_cpu_gives_the_same_map(tmp_path, tta):
+    """``predict.channels_last`` applies on the CPU too: the model sees channels-last
+    windows, and the map equals the contiguous layout's up to float rounding."""
+    rng = np.random.default_rng(5)
+    reader = ArrayReader(rng.integers(0, 256, (420, 510, 3), dtype=np.uint8))
+    maps = {}
+    for last in (False, True):
+        model = LayoutRecordingNet()
+        P.predict_slide(reader, [model], None, cfg(channels_last=last, tta=tta), tmp_path / f"{last}.zarr", MEAN, STD)
+        assert model.layouts and set(model.layouts[:: 1 + len(tta)]) == {last}  # the untransformed pass
+        maps[last] = read_map(tmp_path / f"{last}.zarr")
+    assert maps[False].std() > 0.01
+    np.testing.assert_allclose(maps[True], maps[False], atol=1e-3)  # float16 store: 1e-3 is its resolution
+
+
 # ---------------------------------------------------------------- streaming and atomicity
 
 

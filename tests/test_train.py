@@ -69,6 +69,20 @@ def test_to_tensor_normalises_per_channel() -> None:
     assert to_tensor(images[0], (0, 0, 0), (1, 1, 1)).shape == (1, 3, 4, 5)  # one HWC image
 
 
+def test_to_tensor_channels_last_is_the_same_values_in_channels_last_memory() -> None:
+    """The CPU's table path gives bit-equal values to the arithmetic, laid out channels last."""
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (3, 17, 23, 3), dtype=np.uint8)
+    images[0, 0, 0] = (0, 128, 255)  # the table's ends and middle
+    for mean, std in (((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5,) * 3, (0.5,) * 3)):
+        plain = to_tensor(images, mean, std)
+        last = to_tensor(images, mean, std, channels_last=True)
+        assert last.shape == plain.shape and last.is_contiguous(memory_format=torch.channels_last)
+        assert not last.is_contiguous()  # really the other layout, not a copy of the plain one
+        assert torch.equal(last, plain)
+    assert to_tensor(images[0], (0, 0, 0), (1, 1, 1), channels_last=True).shape == (1, 3, 17, 23)
+
+
 def test_augment_moves_mask_with_image_and_is_seeded() -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
@@ -115,6 +129,24 @@ def _val_dice(model: torch.nn.Module, index: pd.DataFrame, stores, config: Confi
     from pipeline.losses import build_loss
 
     return evaluate(runner, loader, build_loss(config.train))[1]
+
+
+@pytest.mark.parametrize("last", [True, False])
+def test_cpu_training_runs_channels_last_when_configured(last: bool) -> None:
+    """``train.channels_last`` applies on the CPU: model weights and batches in that layout,
+    and a training step's loss equals the contiguous layout's up to float rounding."""
+    config = small_config(epochs=1, channels_last=last)
+    torch.manual_seed(0)
+    runner = _Runner(build_model(config.model), config, torch.device("cpu"))
+    images = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8))
+    x, _ = runner.batch(images, torch.zeros(2, 64, 64, dtype=torch.uint8))
+    assert x.is_contiguous(memory_format=torch.channels_last) == last
+    conv = next(m for m in runner.model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == last
+    torch.manual_seed(0)
+    reference = _Runner(build_model(config.model), small_config(epochs=1), torch.device("cpu"))  # default: channels last
+    with torch.no_grad():
+        torch.testing.assert_close(runner.forward(x).float(), reference.forward(x).float(), atol=1e-4, rtol=1e-4)
 
 
 def test_training_learns_and_writes_outputs(data, tmp_path) -> None:
