@@ -2,8 +2,9 @@
 
 Every model of the ensemble runs under every test-time augmentation (identity first), each
 output is mapped back by the inverse transform, and the sigmoids are averaged: ensembles and
-TTA average in probability space. On CUDA the models run under autocast and channels-last,
-and batches are staged in pinned host memory so the copy to the device does not block.
+TTA average in probability space. Models and windows are channels-last on every device
+(``predict.channels_last``); on CUDA the models also run under autocast, and batches are
+staged in pinned host memory so the copy to the device does not block.
 """
 
 from __future__ import annotations
@@ -106,7 +107,7 @@ def prepare_models(models: Sequence[torch.nn.Module], device: torch.device, chan
     out = []
     for m in models:
         m = m.to(device).eval()
-        if channels_last:  # CUDA, and the CPU: 1.2-1.6x faster for EfficientNet-Lite U-Nets (README)
+        if channels_last:  # CUDA, and the CPU: 1.2-1.7x faster for EfficientNet-Lite models (config/README)
             m = m.to(memory_format=torch.channels_last)
         out.append(m)
     return out
