@@ -49,6 +49,6 @@ REAL_BENCH_ARGS ?=
 real-bench: $(STAMP)  ## real labels: AIDPATH tiles as mosaic slides, the workflow, Dice per slide and tile
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/real.py --cores $(CORES) $(REAL_BENCH_ARGS)
 
-real-bench-cpu: $(STAMP)  ## the same with the stronger CPU config bench/real-cpu.yaml (about 25 min on 2 cores)
+real-bench-cpu: $(STAMP)  ## the same with the stronger CPU config bench/real-cpu.yaml (25-37 min on 2 cores)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python bench/real.py --cores $(CORES) --config bench/real-cpu.yaml \
 		--out /tmp/real-bench-cpu $(REAL_BENCH_ARGS)
