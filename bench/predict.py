@@ -28,6 +28,7 @@ path that reads and reduces every window on its own.
     python bench/predict.py --model unet-resnet18 --crop 6144
     python bench/predict.py --path slide.tiff --no-baseline
     python bench/predict.py --data-path --workers-scaling 1 2 --per-window
+    python bench/predict.py --data-path --with-store-cost     # how much of it is writing the Zarr map
     python bench/predict.py --data-path --device cuda --model unet-resnet18   # GPU-busy fraction
 """
 
@@ -148,6 +149,11 @@ def worker(args: argparse.Namespace) -> dict:
     if args.worker == "sequential":
         return sequential_pass(Path(args.slide), args.workers)
     model = build_model(args.model)
+    if args.skip_store_writes:
+        import zarr
+
+        # diagnostic only: what the consensus map's Zarr chunk writes cost (the map stays empty)
+        zarr.Array.__setitem__ = lambda self, key, value: None
     with open_slide(args.slide) as full:
         reader = full if (y0, x0, h, w) == (0, 0, *full.shape) else RegionReader(full, y0, x0, h, w)
         tissue = load_tissue(args.tissue, full.shape)
@@ -282,6 +288,10 @@ def data_path(args: argparse.Namespace, slide: Path, tissue: Path, shape: tuple[
         run = argparse.Namespace(**{**vars(null), "workers": workers, "decode": "once"})
         res = run_worker("pipeline", run, slide, tissue, [0, 0, *shape], workdir, tag=f"once-w{workers}")
         rows.append((f"predict, null model, decode once, {workers} thr", res["predict_wall"], res))
+    if args.with_store_cost:
+        run = argparse.Namespace(**{**vars(null), "decode": "once", "skip_store_writes": True})
+        res = run_worker("pipeline", run, slide, tissue, [0, 0, *shape], workdir, tag="once-nostore")
+        rows.append((f"  the same, Zarr store writes skipped, {args.workers} thr", res["predict_wall"], res))
     if args.per_window:
         run = argparse.Namespace(**{**vars(null), "decode": "windows"})
         res = run_worker("pipeline", run, slide, tissue, [0, 0, *shape], workdir, tag="windows")
@@ -341,7 +351,7 @@ def run_worker(
         sys.executable, __file__, "--worker", kind, "--slide", str(slide), "--tissue", str(tissue),
         "--region", *map(str, region), "--model", args.model, "--threads", str(args.threads),
         "--workers", str(args.workers), "--batch-size", str(args.batch_size),
-        "--device", args.device, "--decode", args.decode,
+        "--device", args.device, "--decode", args.decode, *(["--skip-store-writes"] if args.skip_store_writes else []),
         "--out-json", str(out), "--out-rle", str(workdir / f"{tag}.rle"), "--out-zarr", str(workdir / f"{tag}.zarr"),
     ]
     print(f"running {tag} on {region[2]} x {region[3]} ...", flush=True)
@@ -406,6 +416,9 @@ def main() -> None:
     ap.add_argument("--data-path", action="store_true", help="measure the data path alone (null model, floors)")
     ap.add_argument("--workers-scaling", type=int, nargs="+", help="with --data-path: reader thread counts to run")
     ap.add_argument("--per-window", action="store_true", help="with --data-path: also the old per-window path")
+    ap.add_argument("--with-store-cost", action="store_true",
+                    help="with --data-path: also a run whose Zarr store writes are skipped (what those writes cost)")
+    ap.add_argument("--skip-store-writes", action="store_true", help=argparse.SUPPRESS)
     # worker mode (internal)
     ap.add_argument("--worker", choices=("pipeline", "notebook", "floor", "sequential"), help=argparse.SUPPRESS)
     ap.add_argument("--slide", help=argparse.SUPPRESS)
