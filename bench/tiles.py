@@ -6,7 +6,9 @@ The floor for tiling is decoding the pixels. This measures, in the same run:
 pass) on the tiling's workers; (3) reading only the tiling's windows (the reads
 the extraction does, nothing else); (4) the whole ``tiles`` stage (tissue
 detection, grid, RLE truth, extraction into the Zarr tile store). It prints MB/s
-of decoded pixels and tiles/s side by side with the ratio to the reads.
+(of the windows' full-resolution pixels) and tiles/s side by side with the ratio to
+the reads, and the share of the slide the extraction actually decodes (each slide
+block once, however many windows overlap it).
 
     python bench/tiles.py                       # 30000 x 37000 synthetic slide in /tmp/bench-tiles
     python bench/tiles.py --height 8000 --width 9000
@@ -86,6 +88,27 @@ def window_read(reader, windows, size: int, workers: int) -> tuple[float, int]:
     return time.perf_counter() - t, nbytes
 
 
+def decoded_share(reader, windows, size: int, lattice: int) -> float:
+    """Share of the slide's pixels in the blocks the extraction decodes once (windows off the
+    lattice are decoded on their own and counted as their window)."""
+    from pipeline.reduced import ReducedSlide
+
+    height, width = (int(n) for n in reader.shape)
+    blocks = ReducedSlide(reader, lattice, pool=None)  # only its block geometry is used
+    keys, own = set(), 0
+    for y0, x0 in zip(windows["y0"].tolist(), windows["x0"].tolist(), strict=True):
+        if y0 % lattice or x0 % lattice:
+            own += size * size
+            continue
+        keys |= {(i, j) for i in blocks._span(y0, size, blocks.block_h) for j in blocks._span(x0, size, blocks.block_w)}
+    area = sum(
+        max(0, min((i + 1) * blocks.block_h, height) - i * blocks.block_h)
+        * max(0, min((j + 1) * blocks.block_w, width) - j * blocks.block_w)
+        for i, j in keys
+    )
+    return (area + own) / (height * width)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--path", type=Path, help="slide to tile (default: a synthetic one in --workdir)")
@@ -151,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 truth = annotations.as_index(geoms)
         grid = tile_grid(tissue, shape, cfg)
         windows = select_windows(grid, centred_windows(centres, shape, cfg.size, tile_lattice(cfg)), tissue, cfg)
+        decoded = decoded_share(reader, windows, cfg.size, tile_lattice(cfg))
         t_windows, b_windows = window_read(
             reader, list(zip(windows["y0"], windows["x0"], strict=True)), cfg.size, args.workers
         )
@@ -175,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"{len(grid)} grid + {len(windows) - len(grid)} centred -> {n} tiles of {cfg.size} px "
-        f"-> {cfg.out_size} px ({window_mb / slide_mb:.0%} of the slide's pixels decoded); "
+        f"-> {cfg.out_size} px (windows: {window_mb / slide_mb:.0%} of the slide's pixels; decoded once: "
+        f"{decoded:.0%}); "
         f"store {store_mb:.0f} MB, {int((index['positive'] > 0).sum())} positive tiles"
     )
     print(

@@ -133,6 +133,30 @@ def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return values.astype(dtype)
 
 
+def _chunk_width(out: Any) -> int:
+    """Columns per chunk of a Zarr (or Dask) array; the whole width for anything else."""
+    chunks = getattr(out, "chunks", None)
+    col = chunks[1] if chunks is not None and len(chunks) > 1 else None
+    if isinstance(col, tuple):  # Dask: sizes per block
+        col = col[0] if col else None
+    return int(col) if col else int(out.shape[1])
+
+
+def touched_spans(columns: np.ndarray, chunk: int) -> list[tuple[int, int]]:
+    """``(c0, c1)`` column ranges covering, in whole ``chunk``-wide steps, every True of ``columns``.
+
+    Runs of touched chunks are merged, so each span is one store write.
+    """
+    width = columns.size
+    chunk = max(1, int(chunk))
+    n = -(-width // chunk)
+    padded = np.zeros(n * chunk, bool)
+    padded[:width] = columns
+    touched = np.concatenate(([False], padded.reshape(n, chunk).any(axis=1), [False]))
+    edges = np.flatnonzero(touched[1:] != touched[:-1])
+    return [(int(a) * chunk, min(int(b) * chunk, width)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
 class BandAccumulator:
     """Weighted-sum and weight-sum accumulators for one horizontal band of windows.
 
@@ -162,10 +186,13 @@ class BandAccumulator:
         if n <= 0:
             return
         w = self.weight[:n]
-        if w.any():  # rows no window touched keep the store's fill value (0): nothing to write
-            prob = np.zeros((n, self.width), np.float32)
-            np.divide(self.sum[:n], w, out=prob, where=w > 0)
-            self.out[self.top : self.top + n, :] = _to_dtype(prob, self.out.dtype)
+        # only the column chunks some window touched are written; the rest keep the store's
+        # fill value (0), so the store can skip zarr's "is this chunk all 0?" pass
+        for c0, c1 in touched_spans(w.any(axis=0), _chunk_width(self.out)):
+            wt = w[:, c0:c1]
+            prob = np.zeros(wt.shape, np.float32)
+            np.divide(self.sum[:n, c0:c1], wt, out=prob, where=wt > 0)
+            self.out[self.top : self.top + n, c0:c1] = _to_dtype(prob, self.out.dtype)
         self.rows_written += n
 
     def advance(self, row: int) -> None:
@@ -209,4 +236,7 @@ class BandAccumulator:
         self.advance(self.height)
 
 
-__all__ = ["BLENDS", "MIN_WEIGHT", "BandAccumulator", "gaussian_weight", "model_scale", "weight_map", "window_grid"]
+__all__ = [
+    "BLENDS", "MIN_WEIGHT", "BandAccumulator", "gaussian_weight", "model_scale", "touched_spans", "weight_map",
+    "window_grid",
+]

@@ -39,6 +39,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.inference import Staging, check_tta, predict_batch, prepare_models
 from pipeline.progress import get_logger, progress
 from pipeline.reduced import ReducedSlide, read_window
+from pipeline.stores import CHUNK_KEYS
 
 if TYPE_CHECKING:
     from pipeline.config import Config, PredictConfig
@@ -155,7 +156,9 @@ def predict_slide(
     start = time.perf_counter()
     with atomic_path(out_zarr) as tmp:
         store = zarr.create_array(
-            store=str(tmp), shape=map_shape, chunks=chunks, dtype="float16", fill_value=0.0, attributes=attrs
+            store=str(tmp), shape=map_shape, chunks=chunks, dtype="float16", fill_value=0.0, attributes=attrs,
+            chunk_key_encoding=CHUNK_KEYS,
+            config={"write_empty_chunks": True},  # the accumulator writes only chunks windows touched
         )
         acc = BandAccumulator(store, cfg.out_size)
         stats.accumulator_shape = acc.shape

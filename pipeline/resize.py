@@ -68,17 +68,25 @@ def _box_reduce(image: np.ndarray, fy: int, fx: int) -> np.ndarray:
 def mask_fraction(mask: np.ndarray, out_size: int) -> np.ndarray:
     """Fraction of each output pixel's block that ``mask`` (0/1, square) covers, float32.
 
-    Integer factors count the block's pixels exactly (an unnormalised box filter sampled at
-    the block centres, as :func:`_box_reduce` does: 3x faster than area-resizing a float copy);
+    Integer factors count the block's pixels exactly: the ``factor`` rows of each block
+    are added, then its ``factor`` columns, in small integers (a few passes over the
+    mask, ~2x faster than a full-resolution box filter sampled at the block centres);
     others area-resize.
     """
     side = mask.shape[0]
     factor = side // out_size
-    if cv2 is None or side % out_size or factor * factor > np.iinfo(np.uint16).max:
+    if side % out_size or mask.shape != (side, side) or factor > 255:
         return resize_area(mask.astype(bool), out_size)
-    counts = cv2.boxFilter(np.ascontiguousarray(mask, np.uint8), cv2.CV_16U, (factor, factor), normalize=False,
-                           borderType=cv2.BORDER_CONSTANT)
-    return counts[factor // 2 :: factor, factor // 2 :: factor].astype(np.float32) / float(factor * factor)
+    counts_dtype = np.uint8 if factor * factor <= np.iinfo(np.uint8).max else np.uint16
+    mask = mask.view(np.uint8) if mask.dtype == bool else mask
+    rows = mask[0::factor].astype(counts_dtype, order="C")  # (out, side): each block's rows summed
+    for k in range(1, factor):
+        rows += mask[k::factor]
+    blocks = rows.reshape(out_size, out_size, factor)
+    counts = blocks[:, :, 0].copy()
+    for k in range(1, factor):
+        counts += blocks[:, :, k]
+    return counts.astype(np.float32) / float(factor * factor)
 
 
 __all__ = ["mask_fraction", "resize_area"]

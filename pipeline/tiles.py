@@ -36,6 +36,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.input_norm import IntensityStats, intensity_stats
 from pipeline.progress import get_logger, progress
 from pipeline.resize import mask_fraction
+from pipeline.stores import CHUNK_KEYS
 from pipeline.stain import ColourStats, tissue_stats
 
 if TYPE_CHECKING:
@@ -264,8 +265,11 @@ def _window_mask(
         count = np.count_nonzero(part)
         positive = count / (size * size)
         if count:  # most windows have no glomerulus: no mask to reduce for them
-            full = np.zeros((size, size), np.uint8)  # 0/1; padding past the slide stays 0
-            full[ya - y0 : yb - y0, xa - x0 : xb - x0] = part > 0
+            if part.shape == (size, size) and part.dtype == np.uint8 and part.max() <= 1:
+                full = part  # inside the slide and already 0/1: no copy
+            else:
+                full = np.zeros((size, size), np.uint8)  # 0/1; padding past the slide stays 0
+                full[ya - y0 : yb - y0, xa - x0 : xb - x0] = part > 0
             mask = (mask_fraction(full, out_size) >= mask_threshold - 1e-6).astype(np.uint8)
     return mask, positive
 
@@ -396,6 +400,9 @@ def extract_tiles(
                 compressors=ZstdCodec(level=COMPRESSION_LEVEL),
                 fill_value=0,
                 dimension_names=("tile", "y", "x", "channel"),
+                chunk_key_encoding=CHUNK_KEYS,
+                # a tile of tissue is never all 0: skip zarr's per-chunk "all fill value?" pass
+                config={"write_empty_chunks": True},
             )
             masks = root.create_array(
                 "masks",
@@ -405,6 +412,8 @@ def extract_tiles(
                 compressors=ZstdCodec(level=COMPRESSION_LEVEL),
                 fill_value=0,
                 dimension_names=("tile", "y", "x"),
+                chunk_key_encoding=CHUNK_KEYS,
+                config={"write_empty_chunks": True},  # every tile has its mask chunk, 0 or not
             )
             buffer: list[tuple[np.ndarray, np.ndarray, float]] = []
             results = (

@@ -204,6 +204,29 @@ def test_bad_settings_are_config_errors(tmp_path):
 # ---------------------------------------------------------------- accumulation
 
 
+def test_touched_spans_merge_runs_of_touched_chunks():
+    cols = np.zeros(230, bool)
+    cols[[3, 60, 99, 100, 225]] = True  # chunks 0, 1, 1, 2, 4 of 50 columns (the last one 30 wide)
+    assert consensus.touched_spans(cols, 50) == [(0, 150), (200, 230)]
+    assert consensus.touched_spans(np.zeros(230, bool), 50) == []
+    assert consensus.touched_spans(np.ones(7, bool), 50) == [(0, 7)]
+
+
+def test_band_accumulator_writes_only_the_chunks_windows_touched():
+    """Columns no window reached are never written: the store keeps no chunk there (it reads as 0)."""
+    store = zarr.create_array(store={}, shape=(40, 230), chunks=(10, 50), dtype="float16", fill_value=0.0,
+                              config={"write_empty_chunks": True})
+    acc = P.BandAccumulator(store, 20)
+    weight = P.gaussian_weight(20, 0.125)
+    acc.add(0, 60, np.full((20, 20), 0.5, np.float32), weight)  # column chunk 1
+    acc.add(0, 205, np.full((20, 20), 0.25, np.float32), weight)  # column chunk 4 (partial)
+    acc.finish()
+    assert store.nchunks_initialized == 4  # 2 row chunks x 2 column chunks, of 4 x 5
+    got = store[:]
+    assert (got[:20, 60:80] == 0.5).all() and (got[:20, 205:225] == 0.25).all()
+    assert np.count_nonzero(got) == 2 * 20 * 20
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_band_accumulator_equals_full_accumulation(dtype):
     """Random windows in row-major order (some hanging off the map, rows no window touches) vs a full-size sum."""
@@ -376,6 +399,8 @@ def test_store_is_written_atomically(tmp_path):
     P.predict_slide(reader, [ConstantModel(1.0)], None, cfg(), out, MEAN, STD)
     arr = zarr.open_array(store=str(out), mode="r")
     assert arr.attrs["slide_shape"] == [900, 900] and arr.attrs["scale"] == SCALE
+    chunk_files = [p for p in out.iterdir() if p.name.startswith("c")]
+    assert chunk_files and all(p.is_file() and p.name.startswith("c.") for p in chunk_files)  # flat chunk keys
     Boom.calls = 0
     with pytest.raises(RuntimeError):
         P.predict_slide(reader, [Boom()], None, cfg(), out, MEAN, STD)

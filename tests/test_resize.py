@@ -47,7 +47,7 @@ def test_odd_factors_take_the_box_filter_and_give_the_exact_block_mean(fy, fx):
         assert small.flags.c_contiguous and small.flags.owndata  # no view keeping the full-res blur alive
 
 
-@pytest.mark.parametrize("side, out", [(1536, 512), (768, 256), (512, 256), (400, 100), (97, 31)])
+@pytest.mark.parametrize("side, out", [(1536, 512), (768, 256), (512, 256), (400, 100), (97, 31), (1024, 64)])
 def test_mask_fraction_counts_each_block_exactly(side, out):
     rng = np.random.default_rng(side)
     mask = (rng.random((side, side)) < 0.3).astype(np.uint8)
@@ -60,3 +60,5 @@ def test_mask_fraction_counts_each_block_exactly(side, out):
         f = side // out
         exact = mask.reshape(out, f, out, f).sum(axis=(1, 3)) / (f * f)
         np.testing.assert_array_equal(got, exact.astype(np.float32))
+        np.testing.assert_array_equal(mask_fraction(mask.astype(bool), out), got)  # bool masks too
+        np.testing.assert_array_equal(mask_fraction(np.asfortranarray(mask), out), got)  # and any layout

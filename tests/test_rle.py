@@ -256,6 +256,19 @@ def test_decode_window_equals_decode_slice(seed):
     assert outside.shape == (10, 10) and not outside.any()
 
 
+def test_fill_ranges_in_pieces_equals_one_go():
+    """Long windows set their ranges a bounded number of indices at a time: same result."""
+    rng = np.random.default_rng(5)
+    length = rng.integers(1, 40, 50)
+    first = np.cumsum(length + rng.integers(0, 10, 50)) - length
+    one = np.zeros(int(first[-1] + length[-1]), np.uint8)
+    rle._fill_ranges(one, first, length)
+    pieces = np.zeros_like(one)
+    rle._fill_ranges(pieces, first, length, chunk=7)  # fewer indices than most single ranges
+    np.testing.assert_array_equal(one, pieces)
+    assert one.sum() == length.sum()
+
+
 def test_decode_window_on_slide_sized_runs_is_fast():
     shape = (
         30000,

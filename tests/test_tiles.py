@@ -187,6 +187,9 @@ def test_extracted_store_matches_window_reads(slide, tmp_path, size, out):
         assert masks.shape == (n, out, out) and masks.dtype == np.uint8
         assert images.chunks == (1, out, out, 3) and masks.chunks == (1, out, out)
         assert images.compressors  # compressed
+        for name in ("images", "masks"):  # flat chunk keys (pipeline.stores): one file per tile, no folders
+            chunk_files = [p for p in (tmp_path / "s.zarr" / name).iterdir() if p.name.startswith("c")]
+            assert len(chunk_files) == n and all(p.is_file() and p.name.startswith("c.") for p in chunk_files)
         assert list(index.columns) == INDEX_COLUMNS and (index["tile"] == np.arange(n)).all()
         assert (index["slide"] == "s").all()
         pd.testing.assert_frame_equal(read_tile_index(tmp_path / "s.zarr"), index, check_dtype=False)
