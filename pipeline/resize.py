@@ -78,7 +78,7 @@ def mask_fraction(mask: np.ndarray, out_size: int) -> np.ndarray:
     if side % out_size or mask.shape != (side, side) or factor > 255:
         return resize_area(mask.astype(bool), out_size)
     counts_dtype = np.uint8 if factor * factor <= np.iinfo(np.uint8).max else np.uint16
-    mask = mask.view(np.uint8) if mask.dtype == bool else mask
+    mask = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8, copy=False)  # 0/1 of any dtype
     rows = mask[0::factor].astype(counts_dtype, order="C")  # (out, side): each block's rows summed
     for k in range(1, factor):
         rows += mask[k::factor]

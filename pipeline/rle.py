@@ -578,27 +578,6 @@ def _transpose(array: np.ndarray) -> np.ndarray:
     if cv2 is not None and array.size and max(array.shape) < 2**31:
         return cv2.transpose(array)
     return np.ascontiguousarray(array.T)
-    s = np.maximum(starts[i0:i1], lo)
-    e = np.minimum(ends[i0:i1], hi)
-    # split runs at column boundaries: one piece per (run, column)
-    c_first = s // slide_h
-    pieces = (e - 1) // slide_h - c_first + 1
-    run_of = np.repeat(np.arange(s.size), pieces)
-    col = c_first[run_of] + (
-        np.arange(run_of.size) - np.repeat(np.cumsum(pieces) - pieces, pieces)
-    )
-    top = col * slide_h
-    r0 = np.clip(np.maximum(s[run_of], top) - top, ry0, ry1)
-    r1 = np.clip(np.minimum(e[run_of], top + slide_h) - top, ry0, ry1)
-    keep = r1 > r0
-    col, r0, r1 = col[keep] - x0, r0[keep] - y0, r1[keep] - y0
-    # +1 at each piece's first row, -1 after its last, cumulative sum down each column
-    edges = np.zeros((width, height + 1), dtype=np.int8)
-    np.add.at(edges, (col, r0), 1)
-    np.add.at(edges, (col, r1), -1)
-    np.cumsum(edges[:, :height], axis=1, dtype=np.int8, out=edges[:, :height])
-    out[...] = edges[:, :height].T
-    return out
 
 
 def decode_downsampled(

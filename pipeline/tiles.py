@@ -36,8 +36,8 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.input_norm import IntensityStats, intensity_stats
 from pipeline.progress import get_logger, progress
 from pipeline.resize import mask_fraction
-from pipeline.stores import CHUNK_KEYS
 from pipeline.stain import ColourStats, tissue_stats
+from pipeline.stores import CHUNK_KEYS
 
 if TYPE_CHECKING:
     from pipeline.config import Config, TilesConfig

@@ -61,4 +61,5 @@ def test_mask_fraction_counts_each_block_exactly(side, out):
         exact = mask.reshape(out, f, out, f).sum(axis=(1, 3)) / (f * f)
         np.testing.assert_array_equal(got, exact.astype(np.float32))
         np.testing.assert_array_equal(mask_fraction(mask.astype(bool), out), got)  # bool masks too
+        np.testing.assert_array_equal(mask_fraction(mask.astype(np.int64), out), got)  # and wider integers
         np.testing.assert_array_equal(mask_fraction(np.asfortranarray(mask), out), got)  # and any layout
