@@ -79,13 +79,29 @@ def write_csv_atomic(
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has ended: it writes nothing)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
-        return True
-    return True
+        pass
+    return not _ended_unreaped(pid)
+
+
+def _ended_unreaped(pid: int) -> bool:
+    """Whether ``pid`` is a zombie: ended, its exit status not yet collected.
+
+    A killed job whose parent died too is collected by PID 1; in a container whose PID 1
+    does not collect them (a plain process, not an init), it stays a zombie and its
+    temporaries would never count as stale. Linux only (``/proc``); elsewhere False.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    state = stat[stat.rfind(")") + 1 :].split()[:1]  # the command name, in (), may hold spaces
+    return state in (["Z"], ["X"])
 
 
 def _newest_mtime(path: Path) -> float:

@@ -83,3 +83,29 @@ def test_stale_partials_are_removed_live_ones_kept(tmp_path: Path) -> None:
     assert removed == sorted([killed_store, killed_file, remote_old])
     assert not killed_store.exists() and not killed_file.exists() and not remote_old.exists()
     assert live.exists() and remote_new.exists() and inside_store.exists() and result.exists()
+
+
+def test_a_killed_job_left_as_a_zombie_counts_as_ended(tmp_path: Path) -> None:
+    """A job killed with its parent, in a container whose PID 1 does not collect it, stays a
+    zombie: its temporary is still stale (seen in CI: the nightly rerun kept the killed store)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from pipeline.atomic import is_stale_partial
+
+    if not Path("/proc/self/stat").exists():
+        pytest.skip("no /proc")
+    child = subprocess.Popen([sys.executable, "-c", "pass"])  # ends at once; not collected until wait()
+    try:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the child did not end"
+            time.sleep(0.05)
+        partial = tmp_path / f".a.zarr.{child.pid}@{socket.gethostname()}.partial"
+        partial.mkdir()
+        assert is_stale_partial(partial)
+    finally:
+        child.wait()
+    assert is_stale_partial(partial)  # and once collected, as before
