@@ -134,12 +134,9 @@ def _to_dtype(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _chunk_width(out: Any) -> int:
-    """Columns per chunk of a Zarr (or Dask) array; the whole width for anything else."""
+    """Columns per chunk of a Zarr array; the whole width for anything unchunked (NumPy)."""
     chunks = getattr(out, "chunks", None)
-    col = chunks[1] if chunks is not None and len(chunks) > 1 else None
-    if isinstance(col, tuple):  # Dask: sizes per block
-        col = col[0] if col else None
-    return int(col) if col else int(out.shape[1])
+    return int(chunks[1]) if chunks else int(out.shape[1])
 
 
 def touched_spans(columns: np.ndarray, chunk: int) -> list[tuple[int, int]]:

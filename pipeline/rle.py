@@ -525,18 +525,17 @@ def decode_window(
     slide_h, slide_w = (int(s) for s in shape)
     runs = _as_runs(rle_or_runs, (slide_h, slide_w), source)
     height, width = int(height), int(width)
-    out = np.zeros((height, width), dtype=np.uint8)
     cx0, cx1 = max(x0, 0), min(x0 + width, slide_w)
     ry0, ry1 = max(y0, 0), min(y0 + height, slide_h)
     if runs.shape[0] == 0 or cx0 >= cx1 or ry0 >= ry1:
-        return out
+        return np.zeros((height, width), dtype=np.uint8)
     lo, hi = cx0 * slide_h, cx1 * slide_h  # pixel numbers of the window's columns
     starts = runs[:, 0]
     ends = starts + runs[:, 1]
     i0 = int(np.searchsorted(ends, lo, side="right"))
     i1 = int(np.searchsorted(starts, hi, side="left"))
     if i0 >= i1:
-        return out
+        return np.zeros((height, width), dtype=np.uint8)
     s = np.maximum(starts[i0:i1], lo)
     e = np.minimum(ends[i0:i1], hi)
     # split runs at column boundaries: one piece per (run, column)
