@@ -119,11 +119,19 @@ class Staging:
     buffer is filled per batch. Two buffers alternate; :func:`predict_batch` ends with a
     device sync (``.cpu()``), so a buffer is free again when its turn comes."""
 
-    def __init__(self, batch_size: int, size: int, device: torch.device) -> None:
+    def __init__(self, batch_size: int, size: int, device: torch.device, *, buffered: bool | None = None) -> None:
+        """``buffered``: stack into the two host buffers (default: on CUDA only, where they are
+        pinned); the tests turn it on for the CPU to run the CUDA path's logic without a GPU."""
         self.buffers: list[torch.Tensor] = []
-        if device.type == "cuda":
-            self.buffers = [torch.empty((batch_size, size, size, 3), dtype=torch.uint8).pin_memory() for _ in range(2)]
+        if device.type == "cuda" if buffered is None else buffered:
+            pin = device.type == "cuda"
+            self.buffers = [self._buffer(batch_size, size, pin) for _ in range(2)]
         self.turn = 0
+
+    @staticmethod
+    def _buffer(batch_size: int, size: int, pin: bool) -> torch.Tensor:
+        buf = torch.empty((batch_size, size, size, 3), dtype=torch.uint8)
+        return buf.pin_memory() if pin else buf
 
     def stack(self, windows: list[np.ndarray]) -> np.ndarray | torch.Tensor:
         if not self.buffers:

@@ -340,6 +340,45 @@ def test_channels_last_on_the_cpu_gives_the_same_map(tmp_path, tta):
     np.testing.assert_allclose(maps[True], maps[False], atol=1e-3)  # float16 store: 1e-3 is its resolution
 
 
+def test_staging_alternates_two_buffers_and_holds_the_stacked_windows():
+    """The CUDA staging path (two host buffers taking turns), run with unpinned CPU buffers."""
+    from pipeline.inference import Staging
+
+    rng = np.random.default_rng(2)
+    staging = Staging(4, 8, torch.device("cpu"), buffered=True)
+    batches = [[rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(n)] for n in (4, 2, 3)]
+    staged = [staging.stack(b) for b in batches]
+    for got, windows in zip(staged[1:], batches[1:], strict=True):  # the first buffer is reused by the third batch
+        np.testing.assert_array_equal(got.numpy(), np.stack(windows))
+    assert [tuple(t.shape) for t in staged] == [(4, 8, 8, 3), (2, 8, 8, 3), (3, 8, 8, 3)]
+    ptrs = [t.data_ptr() for t in staged]
+    assert ptrs[0] != ptrs[1] and ptrs[2] == ptrs[0]
+    assert isinstance(Staging(4, 8, torch.device("cpu")).stack(batches[0]), np.ndarray)  # CPU default: no buffers
+
+
+def test_staged_buffers_give_the_same_map(tmp_path, monkeypatch):
+    """Windows stacked into the (CUDA) staging buffers predict the map of plain NumPy batches."""
+    from pipeline import inference
+
+    rng = np.random.default_rng(6)
+    reader = ArrayReader(rng.integers(0, 256, (420, 510, 3), dtype=np.uint8))
+    torch.manual_seed(0)
+    model = LayoutRecordingNet()
+    P.predict_slide(reader, [model], None, cfg(), tmp_path / "plain.zarr", MEAN, STD)
+    made: list[inference.Staging] = []
+
+    def buffered(*args, **kwargs) -> inference.Staging:
+        made.append(inference.Staging(*args, **kwargs, buffered=True))
+        return made[-1]
+
+    monkeypatch.setattr(P, "Staging", buffered)
+    P.predict_slide(reader, [model], None, cfg(), tmp_path / "staged.zarr", MEAN, STD)
+    assert made and made[0].buffers, "prediction did not stage into the buffers"
+    plain, staged = read_map(tmp_path / "plain.zarr"), read_map(tmp_path / "staged.zarr")
+    assert plain.std() > 0.01
+    np.testing.assert_array_equal(staged, plain)
+
+
 # ---------------------------------------------------------------- streaming and atomicity
 
 
