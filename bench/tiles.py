@@ -99,7 +99,7 @@ def decoded_share(reader, windows, size: int, lattice: int) -> float:
         if y0 % lattice or x0 % lattice:
             own += size * size
             continue
-        keys |= {(i, j) for i in blocks._span(y0, size, blocks.block_h) for j in blocks._span(x0, size, blocks.block_w)}
+        keys.update(blocks.block_keys(y0, x0, size))
     area = sum(
         max(0, min((i + 1) * blocks.block_h, height) - i * blocks.block_h)
         * max(0, min((j + 1) * blocks.block_w, width) - j * blocks.block_w)

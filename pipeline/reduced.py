@@ -113,8 +113,11 @@ class ReducedSlide:
             self.read_s += time.perf_counter() - t
         return reduced
 
-    def _span(self, start: int, size: int, side: int) -> range:
-        return range(start // side, (start + size - 1) // side + 1)
+    def block_keys(self, y0: int, x0: int, size: int) -> list[tuple[int, int]]:
+        """``(row, column)`` of each block the (size x size) full-res window at (y0, x0) overlaps."""
+        rows = range(y0 // self.block_h, (y0 + size - 1) // self.block_h + 1)
+        cols = range(x0 // self.block_w, (x0 + size - 1) // self.block_w + 1)
+        return [(i, j) for i in rows for j in cols]
 
     def release_above(self, y0: int) -> None:
         """Free every block that ends at or above full-res row ``y0`` (no later window needs it)."""
@@ -129,12 +132,11 @@ class ReducedSlide:
             raise ValueError(f"window ({y0}, {x0}) of {size} px is not on the model-pixel lattice of scale {s}")
         self.release_above(y0)
         parts: list[tuple[int, int, Future[np.ndarray]]] = []
-        for i in self._span(y0, size, self.block_h):
-            for j in self._span(x0, size, self.block_w):
-                fut = self._blocks.get((i, j))
-                if fut is None:
-                    fut = self._blocks[(i, j)] = self.pool.submit(self._load, i, j)
-                parts.append((i, j, fut))
+        for i, j in self.block_keys(y0, x0, size):
+            fut = self._blocks.get((i, j))
+            if fut is None:
+                fut = self._blocks[(i, j)] = self.pool.submit(self._load, i, j)
+            parts.append((i, j, fut))
 
         def cut() -> np.ndarray:
             out = np.empty((size // s, size // s, 3), np.uint8)

@@ -8,12 +8,8 @@ same numbers as the plain ones, only sooner.
 
 from __future__ import annotations
 
+import cv2  # opencv-python-headless, with albumentations: its INTER_AREA is ~20x NumPy's
 import numpy as np
-
-try:  # opencv-python-headless comes with albumentations; its INTER_AREA is ~20x numpy
-    import cv2
-except ImportError:  # pragma: no cover - numpy fallback for integer factors
-    cv2 = None
 
 
 def resize_area(image: np.ndarray, out_size: int | tuple[int, int]) -> np.ndarray:
@@ -31,13 +27,13 @@ def resize_area(image: np.ndarray, out_size: int | tuple[int, int]) -> np.ndarra
     if _odd_factors(image, oh, ow):
         return _box_reduce(image, h // oh, w // ow)
     src = image.astype(np.float32) if image.dtype == bool else image
-    if cv2 is not None and (src.ndim == 2 or src.shape[2] <= 4):
+    if src.ndim == 2 or src.shape[2] <= 4:  # OpenCV's channel limit
         if src.dtype.kind == "f" and src.dtype != np.float32:
             src = src.astype(np.float32)
         out = cv2.resize(np.ascontiguousarray(src), (ow, oh), interpolation=cv2.INTER_AREA)
         return out.reshape((oh, ow) + image.shape[2:])
     if h % oh or w % ow:
-        raise ValueError(f"cannot area-resize {h} x {w} to {oh} x {ow} without OpenCV")
+        raise ValueError(f"cannot area-resize {h} x {w} to {oh} x {ow} with more than 4 channels")
     fy, fx = h // oh, w // ow
     blocks = src.reshape((oh, fy, ow, fx) + src.shape[2:])
     if src.dtype.kind in "ui":
@@ -50,7 +46,7 @@ def resize_area(image: np.ndarray, out_size: int | tuple[int, int]) -> np.ndarra
 def _odd_factors(image: np.ndarray, oh: int, ow: int) -> bool:
     """Whether ``image`` is uint8 and shrinks by odd integer factors (the model scale 3 of 1536 -> 512)."""
     h, w = image.shape[:2]
-    return (cv2 is not None and image.dtype == np.uint8 and (image.ndim == 2 or image.shape[2] <= 4)
+    return (image.dtype == np.uint8 and (image.ndim == 2 or image.shape[2] <= 4)
             and oh > 0 and ow > 0 and h % oh == 0 and w % ow == 0 and (h // oh) % 2 == 1 and (w // ow) % 2 == 1)
 
 

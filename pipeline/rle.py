@@ -33,14 +33,10 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import cv2  # opencv-python-headless, with albumentations: its transpose is ~10x NumPy's copy
 import numpy as np
 
 from pipeline.errors import RLEError
-
-try:  # opencv-python-headless comes with albumentations; its transpose is ~10x numpy's copy
-    import cv2
-except ImportError:  # pragma: no cover
-    cv2 = None
 
 __all__ = [
     "RLEEncoder",
@@ -574,7 +570,7 @@ def _fill_ranges(flat: np.ndarray, first: np.ndarray, length: np.ndarray, chunk:
 
 def _transpose(array: np.ndarray) -> np.ndarray:
     """C-contiguous transpose of a 2-D uint8 array (OpenCV's is ~10x NumPy's copy)."""
-    if cv2 is not None and array.size and max(array.shape) < 2**31:
+    if array.size and max(array.shape) < 2**31:
         return cv2.transpose(array)
     return np.ascontiguousarray(array.T)
 

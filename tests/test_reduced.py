@@ -164,6 +164,13 @@ def test_block_sides_align_to_scale_and_tiles():
             ReducedSlide(np.zeros(0), 3, pool, block=(300, 300)).request(1, 0, 300)
 
 
+def test_block_keys_are_the_blocks_a_window_overlaps():
+    blocks = ReducedSlide(np.zeros(0), 3, None, block=(300, 600))
+    assert blocks.block_keys(0, 0, 300) == [(0, 0)]
+    assert blocks.block_keys(150, 450, 300) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    assert blocks.block_keys(300, 600, 300) == [(1, 1)]  # ends on a block edge: no extra row or column
+
+
 def test_predict_bench_measures_the_data_path(tmp_path):
     """bench/predict.py --data-path pieces: the floor decodes every tile, the null model has no weights."""
     from tests.conftest import load_bench_script
