@@ -255,11 +255,11 @@ class TiffSlide(SlideReader):
     def _read_raw(self, level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
         parts = self._levels[level]
         if all(p.segments for p in parts):
-            return self._decode_window(parts, y0, x0, h, w)
+            return self._decode_window(parts, level, y0, x0, h, w)
         arrays = [p.read(y0, x0, h, w) for p in parts]
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=2)
 
-    def _decode_window(self, parts: list[_TiffPart], y0: int, x0: int, h: int, w: int) -> np.ndarray:
+    def _decode_window(self, parts: list[_TiffPart], level: int, y0: int, x0: int, h: int, w: int) -> np.ndarray:
         """The window's tiles decoded straight into one array, as bands are.
 
         Why: the same pixels as the Zarr store gives (tifffile's own decode function, a
@@ -267,11 +267,30 @@ class TiffSlide(SlideReader):
         machinery, which cost prediction's block reads more than a third of their time.
         """
         out = np.zeros((h, w, sum(p.channels for p in parts)), parts[0].zarr.dtype)
-        for seg, chan0 in self._channel_offsets(parts):
-            for data, index in seg.read(seg.indices(y0, h, x0, w)):
-                if data is not None:
-                    seg.place(out, y0, x0, chan0, data, index)
+        self._decode_segments(list(self._channel_offsets(parts)), out, level, y0, x0)
         return out
+
+    def _decode_segments(
+        self, segs: list[tuple[_Segments, int]], out: np.ndarray, level: int, y0: int, x0: int, *, zero_missing: bool = False
+    ) -> None:
+        """Decode every segment overlapping ``out``'s window (rows y0.., columns x0..) into it.
+
+        A segment never written reads as 0: left alone in a zeroed ``out``, zeroed where
+        ``out`` is reused memory (``zero_missing``). A segment that fails is named in the error.
+        """
+        h, w = out.shape[:2]
+        for seg, chan0 in segs:
+            for data, index in seg.read(seg.indices(y0, h, x0, w)):
+                if data is None:
+                    if zero_missing:
+                        self._zero_segment(seg, out, y0, x0, index)
+                    continue
+                try:
+                    seg.place(out, y0, x0, chan0, data, index)
+                except Exception as exc:
+                    raise SlideError(
+                        self.path, f"cannot decode {seg.describe(index)}, level {level}: {_exc_text(exc)}"
+                    ) from exc
 
     def _segment_rows(self, level: int) -> int:
         p = self._levels[level][0]
@@ -323,18 +342,7 @@ class TiffSlide(SlideReader):
         def job(xa: int, xb: int) -> None:
             try:
                 out = band[:, xa:xb] if direct else np.zeros((h, xb - xa, channels), pixels.dtype)
-                for seg, chan0 in segs:
-                    for data, index in seg.read(seg.indices(y0, h, xa, xb - xa)):
-                        try:
-                            if data is None and direct:
-                                self._zero_segment(seg, out, y0, xa, index)
-                            seg.place(out, y0, xa, chan0, data, index)
-                        except Exception as exc:
-                            raise SlideError(
-                                self.path,
-                                f"cannot decode {seg.describe(index)}, level {level}: "
-                                f"{_exc_text(exc)}",
-                            ) from exc
+                self._decode_segments(segs, out, level, y0, xa, zero_missing=direct)
                 if not direct:
                     band[:, xa:xb] = pixels.to_rgb8(out)
             except (SlideError, MemoryError):
