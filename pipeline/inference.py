@@ -80,7 +80,7 @@ def predict_batch(
     statistics (:meth:`InputNorm.model_input`); windows of a slide get the slide's map
     from :func:`pipeline.slide_inputs.slide_input_norm` instead (``mean``/``std`` and the window map).
     """
-    from pipeline.augment import to_tensor
+    from pipeline.tensors import to_tensor
 
     names = check_tta(tta)
     if input_norm is not None and input_norm.active:

@@ -177,7 +177,7 @@ class InputNorm:
         """
         import torch
 
-        from pipeline.augment import to_tensor
+        from pipeline.tensors import to_tensor
 
         images = np.asarray(images)
         if images.ndim == 3:

@@ -39,7 +39,7 @@ from pipeline.errors import ConfigError, DataError
 from pipeline.inference import Staging, check_tta, predict_batch, prepare_models
 from pipeline.progress import get_logger, progress
 from pipeline.reduced import ReducedSlide, read_window
-from pipeline.stores import CHUNK_KEYS
+from pipeline.stores import CHUNK_KEYS, MAP_COMPRESSORS
 
 if TYPE_CHECKING:
     from pipeline.config import Config, PredictConfig
@@ -157,7 +157,7 @@ def predict_slide(
     with atomic_path(out_zarr) as tmp:
         store = zarr.create_array(
             store=str(tmp), shape=map_shape, chunks=chunks, dtype="float16", fill_value=0.0, attributes=attrs,
-            chunk_key_encoding=CHUNK_KEYS,
+            chunk_key_encoding=CHUNK_KEYS, compressors=MAP_COMPRESSORS,
             config={"write_empty_chunks": True},  # the accumulator writes only chunks windows touched
         )
         acc = BandAccumulator(store, cfg.out_size)

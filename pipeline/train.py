@@ -40,7 +40,7 @@ from torch.utils.data import DataLoader
 
 from pipeline import stain
 from pipeline.atomic import atomic_path
-from pipeline.augment import build_augment, to_tensor
+from pipeline.augment import build_augment
 from pipeline.config import Config
 from pipeline.deep_supervision import supervised_loss
 from pipeline.errors import ConfigError, DataError, PipelineError
@@ -52,6 +52,7 @@ from pipeline.models import build_model, read_checkpoint, save_checkpoint, selec
 from pipeline.progress import get_logger, progress
 from pipeline.report import plot_curves
 from pipeline.stain import ColourNormaliser
+from pipeline.tensors import to_tensor
 from pipeline.tile_dataset import EpochSampler, TileDataset, make_loader
 from pipeline.tiles import read_colour_stats
 

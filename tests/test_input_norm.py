@@ -20,7 +20,7 @@ from torch import nn
 
 from pipeline import predict as P
 from pipeline import slide_inputs as SI
-from pipeline.augment import to_tensor
+from pipeline.tensors import to_tensor
 from pipeline.config import Config, ModelConfig, PredictConfig, SlidesConfig, TilesConfig, TrainConfig, load_config
 from pipeline.config_checks import check_config
 from pipeline.errors import ConfigError, DataError

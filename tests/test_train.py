@@ -15,11 +15,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pipeline.augment import build_augment, seed_augment, to_tensor
+from pipeline.augment import build_augment, seed_augment
 from pipeline.config import AugmentConfig, Config, load_config
 from pipeline.errors import ConfigError, DataError
 from pipeline.folds import assign_folds
 from pipeline.models import build_model, load_model
+from pipeline.tensors import to_tensor
 from pipeline.tile_dataset import TileDataset, make_loader
 from pipeline.train import (
     METRIC_COLUMNS,
