@@ -123,9 +123,10 @@ class Staging:
         """``buffered``: stack into the two host buffers (default: on CUDA only, where they are
         pinned); the tests turn it on for the CPU to run the CUDA path's logic without a GPU."""
         self.buffers: list[torch.Tensor] = []
-        if device.type == "cuda" if buffered is None else buffered:
-            pin = device.type == "cuda"
-            self.buffers = [self._buffer(batch_size, size, pin) for _ in range(2)]
+        if buffered is None:
+            buffered = device.type == "cuda"
+        if buffered:
+            self.buffers = [self._buffer(batch_size, size, pin=device.type == "cuda") for _ in range(2)]
         self.turn = 0
 
     @staticmethod

@@ -33,7 +33,7 @@ def resize_area(image: np.ndarray, out_size: int | tuple[int, int]) -> np.ndarra
         out = cv2.resize(np.ascontiguousarray(src), (ow, oh), interpolation=cv2.INTER_AREA)
         return out.reshape((oh, ow) + image.shape[2:])
     if h % oh or w % ow:
-        raise ValueError(f"cannot area-resize {h} x {w} to {oh} x {ow} with more than 4 channels")
+        raise ValueError(f"cannot area-resize {h} x {w} to {oh} x {ow} with more than 4 channels: not an integer factor")
     fy, fx = h // oh, w // ow
     blocks = src.reshape((oh, fy, ow, fx) + src.shape[2:])
     if src.dtype.kind in "ui":
