@@ -20,7 +20,6 @@ from torch import nn
 
 from pipeline import predict as P
 from pipeline import slide_inputs as SI
-from pipeline.tensors import to_tensor
 from pipeline.config import Config, ModelConfig, PredictConfig, SlidesConfig, TilesConfig, TrainConfig, load_config
 from pipeline.config_checks import check_config
 from pipeline.errors import ConfigError, DataError
@@ -28,6 +27,7 @@ from pipeline.input_norm import InputNorm, IntensityStats, intensity_stats, inve
 from pipeline.models import build_model, read_checkpoint, save_checkpoint
 from pipeline.reduced import read_window
 from pipeline.slides import open_slide
+from pipeline.tensors import to_tensor
 from pipeline.tissue import TissueMask, load_tissue, save_tissue
 from pipeline.tile_dataset import TileDataset
 from pipeline.train import _Runner, fit
