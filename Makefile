@@ -32,7 +32,7 @@ test: $(STAMP)  ## set up and run the whole test suite
 test-fast: $(STAMP)  ## the tests without the end-to-end workflow runs
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -m "not slow"
 
-lint: $(STAMP)  ## snakemake --lint and snakefmt, as the tests run them
+lint: $(DEMO_DATA)/.complete  ## snakemake --lint (on the demo config and data) and snakefmt, as the tests run them
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/snakemake --lint --configfile config/demo.yaml
 	$(BIN)/snakefmt --check workflow/
 
